@@ -1,0 +1,3 @@
+from advc.cli import main
+
+main()

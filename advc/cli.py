@@ -1,0 +1,95 @@
+"""The ``advc`` command line: check, fmt, compile, run, eval, table.
+
+Heavy imports (torch, accelerate) happen inside the commands that need them, so
+``advc check`` and ``advc fmt`` answer in a fraction of a second. Every error a user can
+cause is printed as a diagnostic or one line and exits non-zero; never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from advc.errors import AdvcError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="advc: compile adversarial-training objectives to PyTorch and run them.",
+)
+
+SET_HELP = "Override a spec value, e.g. --set attack.steps=20 (repeatable)."
+
+
+def _fail(err: AdvcError) -> None:
+    typer.echo(err.render(), err=True)
+    raise typer.Exit(err.exit_code)
+
+
+@app.command()
+def check(specs: List[Path] = typer.Argument(..., help="Spec files to check."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP)) -> None:
+    """Parse and check specs; print every problem with its location."""
+    from advc.compiler.check import check_file
+    from advc.compiler.diagnostics import SpecError
+
+    failed = False
+    for spec in specs:
+        try:
+            program = check_file(spec, set_ or None)
+        except SpecError as err:
+            typer.echo(err.render(), err=True)
+            failed = True
+            continue
+        typer.echo(f"{spec}: ok (objective {program.name})")
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def fmt(specs: List[Path] = typer.Argument(..., help="Spec files to format in place."),
+        check_only: bool = typer.Option(False, "--check", help="Only report files that are not formatted.")) -> None:
+    """Rewrite specs in canonical form (comments kept); --check only reports."""
+    from advc.compiler.diagnostics import SpecError
+    from advc.compiler.fmt import format_spec
+    from advc.compiler.parse import read_spec
+
+    unformatted = failed = 0
+    for path in specs:
+        try:
+            spec = read_spec(path)
+        except SpecError as err:
+            typer.echo(err.render(), err=True)
+            failed += 1
+            continue
+        text = format_spec(spec)
+        if text == spec.source:
+            continue
+        unformatted += 1
+        if check_only:
+            typer.echo(f"{path}: would reformat")
+        else:
+            tmp = path.with_name(path.name + ".advc-tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
+            typer.echo(f"{path}: reformatted")
+    if failed:
+        raise typer.Exit(2)
+    if check_only and unformatted:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except AdvcError as err:  # raised outside a command's own handling
+        typer.echo(err.render(), err=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""The advc compiler: parse -> AST -> check -> lower (IR) -> codegen."""

@@ -1,0 +1,1 @@
+"""What generated programs call: attacks, data, models, schedules, checkpoints, logging, launching."""

@@ -1,0 +1,129 @@
+"""The attack core: the few tensor operations every PGD-style attack in advc is made of.
+
+Generated training modules (the compiled objectives) and the evaluation attacks both call
+these functions, so the mathematics of a PGD step, the projection onto the threat ball and
+the attack losses exist exactly once.
+
+Conventions: inputs live in [0, 1]; ``x`` is the natural batch, ``x_adv`` the current
+adversarial batch of the same shape; ``norm`` is ``"linf"`` or ``"l2"``; ``eps`` and
+``step_size`` are Python floats. Everything is batched: no function loops over samples.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "project",
+    "random_start",
+    "ascent_step",
+    "margin",
+    "attack_loss",
+    "per_sample_norm",
+]
+
+_TINY = 1e-12
+
+
+def per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample of a batch, shaped to broadcast against the batch."""
+    flat = t.flatten(1).norm(p=2, dim=1)
+    return flat.view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project ``x_adv`` onto B[x, eps] intersected with the box [0, 1]^d.
+
+    L-inf: a coordinate-wise clamp, which is the exact projection onto the intersection.
+    L2: scale the perturbation back onto the sphere, then clamp to the box; because ``x``
+    is inside the box, clamping only moves coordinates towards ``x``, so the result stays
+    inside the ball.
+    """
+    if norm == "linf":
+        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
+    elif norm == "l2":
+        delta = x_adv - x
+        scale = torch.clamp(eps / (per_sample_norm(delta) + _TINY), max=1.0)
+        x_adv = x + delta * scale
+    else:  # pragma: no cover - the checker only lets linf and l2 through
+        raise ValueError(f"unknown norm {norm!r}")
+    return torch.clamp(x_adv, 0.0, 1.0)
+
+
+def random_start(
+    x: torch.Tensor,
+    eps: float,
+    norm: str,
+    init: str,
+    scale: float = 0.001,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The starting point x^0 of PGD.
+
+    ``none``: x itself. ``uniform``: uniform in the ball (L-inf: U(-eps, eps) per coordinate,
+    as the published code; L2: a uniformly random direction with radius eps * U(0, 1)).
+    ``normal``: x + scale * N(0, 1), the TRADES start (scale 0.001 in the published code).
+    The result is projected onto B[x, eps] and the box.
+    """
+    if init == "none":
+        return x.detach().clone()
+    if init == "uniform":
+        if norm == "linf":
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = (2.0 * noise - 1.0) * eps
+        else:
+            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            direction = direction / (per_sample_norm(direction) + _TINY)
+            radius = torch.rand(
+                (x.shape[0],) + (1,) * (x.dim() - 1),
+                generator=generator,
+                device=x.device,
+                dtype=x.dtype,
+            )
+            delta = direction * radius * eps
+    elif init == "normal":
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        delta = scale * noise
+    else:  # pragma: no cover
+        raise ValueError(f"unknown init {init!r}")
+    return project(x.detach() + delta, x.detach(), eps, norm)
+
+
+def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
+    """One ascent step before projection: sign of the gradient (L-inf) or its L2 direction."""
+    if norm == "linf":
+        return x_adv + step_size * grad.sign()
+    return x_adv + step_size * grad / (per_sample_norm(grad) + _TINY)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{y' != y} z_{y'} - z_y per sample: positive exactly when the sample is misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return others.amax(dim=1) - true
+
+
+def attack_loss(
+    kind: str,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    nat_logits: torch.Tensor | None = None,
+    confidence: float = 50.0,
+) -> torch.Tensor:
+    """Per-sample loss the attack ascends.
+
+    ``ce``: cross-entropy. ``cw``: the CW margin loss of the published evaluation code,
+    -max(z_y - max_{y' != y} z_{y'} + confidence, 0) (confidence 50 as in GAIRAT's CW-inf). ``kl``: KL(p(x) || p(x_adv)) summed over classes,
+    the TRADES attack loss (needs ``nat_logits``).
+    """
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if kind == "cw":
+        return -torch.clamp(confidence - margin(logits, y), min=0.0)
+    if kind == "kl":
+        if nat_logits is None:  # pragma: no cover - generated code always passes it
+            raise ValueError("the kl attack loss needs the natural logits")
+        nat_prob = F.softmax(nat_logits, dim=1)
+        return F.kl_div(F.log_softmax(logits, dim=1), nat_prob, reduction="none").sum(dim=1)
+    raise ValueError(f"unknown attack loss {kind!r}")  # pragma: no cover
