@@ -83,6 +83,31 @@ def fmt(specs: List[Path] = typer.Argument(..., help="Spec files to format in pl
         raise typer.Exit(1)
 
 
+@app.command("compile")
+def compile_(spec: Path = typer.Argument(..., help="Spec file."),
+             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the module here (default: stdout)."),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP)) -> None:
+    """Compile a spec to a readable PyTorch module (the same code `advc run` executes)."""
+    from advc.api import compile_spec
+    from advc.compiler.diagnostics import SpecError
+
+    try:
+        program, source = compile_spec(spec, set_ or None)
+    except SpecError as err:
+        _fail(err)
+    if output is None:
+        typer.echo(source, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".advc-tmp")
+    tmp.write_text(source, encoding="utf-8")
+    tmp.replace(output)
+    typer.echo(f"{spec}: wrote {output} (objective {program.name})", err=True)
+
+
+# --- advc run / eval / table live below (runtime) ----------------------------------------
+
+
 def main() -> None:
     try:
         app()

@@ -12,15 +12,16 @@ adversarial batch of the same shape; ``norm`` is ``"linf"`` or ``"l2"``; ``eps``
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from . import losses
 
 __all__ = [
+    "ascent_step",
+    "attack_loss",
+    "margin",
+    "per_sample_norm",
     "project",
     "random_start",
-    "ascent_step",
-    "margin",
-    "attack_loss",
-    "per_sample_norm",
 ]
 
 _TINY = 1e-12
@@ -118,12 +119,11 @@ def attack_loss(
     the TRADES attack loss (needs ``nat_logits``).
     """
     if kind == "ce":
-        return F.cross_entropy(logits, y, reduction="none")
+        return losses.cross_entropy(logits, y)
     if kind == "cw":
         return -torch.clamp(confidence - margin(logits, y), min=0.0)
     if kind == "kl":
         if nat_logits is None:  # pragma: no cover - generated code always passes it
             raise ValueError("the kl attack loss needs the natural logits")
-        nat_prob = F.softmax(nat_logits, dim=1)
-        return F.kl_div(F.log_softmax(logits, dim=1), nat_prob, reduction="none").sum(dim=1)
+        return losses.kl_div(nat_logits, logits)
     raise ValueError(f"unknown attack loss {kind!r}")  # pragma: no cover

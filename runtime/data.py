@@ -192,6 +192,7 @@ class _CifarUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"),
             ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar"),
+            ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
         }
     )
 

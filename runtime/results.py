@@ -1,0 +1,338 @@
+"""Result tables: one run's evaluation on disk, and Markdown tables like the papers'.
+
+On-disk format
+--------------
+A run folder holds ``results.json``, one JSON object::
+
+    {
+      "spec": "gair_fat",                 # the objective's name (str)
+      "seed": 0,                          # the training seed (int)
+      "n": 10000,                         # number of evaluated test samples (int >= 0)
+      "checkpoints": {                    # checkpoint -> {column label: accuracy in %}
+        "best": {"Natural": 88.59, "FGSM": 64.1, "PGD-20": 56.21, "CW∞": 52.3, "AA": 47.9},
+        "last": {"Natural": 88.44, "PGD-20": 50.64}
+      },
+      "sanity": {                         # optional: checkpoint -> gradient-masking checks
+        "best": [{"name": "monotone-in-eps", "status": "pass", "detail": "..."}]
+      }
+    }
+
+Column labels are those of :attr:`advc.runtime.evaluate.AttackConfig.label`; accuracies are
+percentages (0-100) like the papers' tables. Unknown extra keys are ignored on reading, so
+the format can grow. The file is written atomically (a temporary file, then ``os.replace``)
+so an interrupted run never leaves a half-written table.
+
+Tables
+------
+:func:`results_markdown` renders rows (checkpoints of one run, or specs) with the canonical
+columns Natural, FGSM, PGD-20, CW∞, PGD-100, AA -- those present, in that order, then any
+other columns in order of appearance. A cell holding several values (one per seed) prints
+as ``mean ± sample std`` ("89.34 ± 0.22"), as the FAT / GAIRAT tables report 5 seeds.
+:func:`merge_runs` groups run folders by spec and checkpoint and does exactly that.
+
+This module imports no torch: reading and tabulating results must work anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advc.errors import UserError
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "RESULTS_FILE",
+    "Row",
+    "RunResults",
+    "format_cell",
+    "load_results",
+    "merge_runs",
+    "results_json",
+    "results_markdown",
+    "run_markdown",
+    "sanity_markdown",
+    "write_results",
+]
+
+RESULTS_FILE = "results.json"
+
+#: Column order of the papers' tables (FAT Table 1, GAIRAT Table 1) plus AutoAttack.
+CANONICAL_COLUMNS: tuple[str, ...] = ("Natural", "FGSM", "PGD-20", "CW∞", "PGD-100", "AA")
+
+
+@dataclass
+class Row:
+    """One table row: ``name`` (a checkpoint such as "best", or a spec) and, per column
+    label, an accuracy or a list of accuracies (one per seed)."""
+
+    name: str
+    values: Mapping[str, float | Sequence[float]] = field(default_factory=dict)
+
+
+def _columns(rows: Sequence[Row]) -> list[str]:
+    present: list[str] = []
+    for row in rows:
+        for label in row.values:
+            if label not in present:
+                present.append(label)
+    canonical = [c for c in CANONICAL_COLUMNS if c in present]
+    return canonical + [c for c in present if c not in CANONICAL_COLUMNS]
+
+
+def format_cell(value: float | Sequence[float] | None) -> str:
+    """"87.30" for one value, "89.34 ± 0.22" (mean ± sample standard deviation) for
+    several, "-" for none (the papers' mark for "not evaluated")."""
+    if value is None:
+        return "-"
+    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def results_markdown(rows: Sequence[Row], *, first_column: str = "Defense") -> str:
+    """A GitHub-flavoured Markdown table of ``rows`` (see the module docstring)."""
+    columns = _columns(rows)
+    header = [first_column, *columns]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for row in rows:
+        cells = [row.name, *(format_cell(row.values.get(c)) for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _check_fields(check: Any) -> tuple[str, str, str]:
+    if isinstance(check, Mapping):
+        return str(check["name"]), str(check["status"]), str(check.get("detail", ""))
+    return str(check.name), str(check.status), str(check.detail)
+
+
+def sanity_markdown(checks: Iterable[Any]) -> str:
+    """One Markdown list item per check: ``- **pass** name: detail`` (or ``warn``, flagged
+    so it stands out). Takes :class:`advc.runtime.evaluate.Check` objects or their dicts."""
+    lines = []
+    for check in checks:
+        name, status, detail = _check_fields(check)
+        mark = "⚠️ **warn**" if status == "warn" else "**pass**"
+        lines.append(f"- {mark} `{name}`: {detail}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+# --------------------------------------------------------------------------------------
+# one run on disk
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResults:
+    """The content of one ``results.json`` (see the module docstring)."""
+
+    spec: str
+    seed: int
+    checkpoints: dict[str, dict[str, float]]
+    n: int
+    sanity: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "seed": self.seed,
+            "n": self.n,
+            "checkpoints": self.checkpoints,
+            "sanity": self.sanity,
+        }
+
+
+def _sanity_dicts(sanity: Mapping[str, Iterable[Any]] | None) -> dict[str, list[dict[str, str]]]:
+    out: dict[str, list[dict[str, str]]] = {}
+    for checkpoint, checks in (sanity or {}).items():
+        out[str(checkpoint)] = [
+            dict(zip(("name", "status", "detail"), _check_fields(c))) for c in checks
+        ]
+    return out
+
+
+def results_json(
+    spec: str,
+    seed: int,
+    checkpoints: Mapping[str, Mapping[str, float]],
+    *,
+    n: int,
+    sanity: Mapping[str, Iterable[Any]] | None = None,
+) -> str:
+    """The text of a ``results.json`` (validated: what this writes, :func:`load_results`
+    reads back)."""
+    data = {
+        "spec": spec,
+        "seed": seed,
+        "n": n,
+        "checkpoints": {str(k): {str(c): float(v) for c, v in cols.items()} for k, cols in checkpoints.items()},
+        "sanity": _sanity_dicts(sanity),
+    }
+    _validate(data, "<results>")
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_results(
+    run_dir: str | os.PathLike[str],
+    spec: str,
+    seed: int,
+    checkpoints: Mapping[str, Mapping[str, float]],
+    *,
+    n: int,
+    sanity: Mapping[str, Iterable[Any]] | None = None,
+) -> Path:
+    """Write ``run_dir/results.json`` atomically; returns its path."""
+    text = results_json(spec, seed, checkpoints, n=n, sanity=sanity)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / RESULTS_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validate(data: Any, where: str) -> None:
+    def bad(what: str) -> UserError:
+        return UserError(f"malformed results file: {what}", where=where,
+                         hint="it is written by `advc run`; re-run the evaluation to recreate it")
+
+    if not isinstance(data, dict):
+        raise bad("the top level must be a JSON object")
+    for key in ("spec", "seed", "checkpoints", "n"):
+        if key not in data:
+            raise bad(f"missing key {key!r}")
+    if not isinstance(data["spec"], str) or not data["spec"]:
+        raise bad("'spec' must be a non-empty string")
+    for key in ("seed", "n"):
+        if not isinstance(data[key], int) or isinstance(data[key], bool):
+            raise bad(f"{key!r} must be an integer")
+    if data["n"] < 0:
+        raise bad("'n' must not be negative")
+    checkpoints = data["checkpoints"]
+    if not isinstance(checkpoints, dict):
+        raise bad("'checkpoints' must be an object of checkpoint -> {column: accuracy}")
+    for name, cols in checkpoints.items():
+        if not isinstance(cols, dict):
+            raise bad(f"checkpoints.{name} must be an object of column -> accuracy")
+        for label, value in cols.items():
+            if not _is_number(value) or not 0.0 <= value <= 100.0:
+                raise bad(f"checkpoints.{name}.{label} must be an accuracy in [0, 100], got {value!r}")
+    sanity = data.get("sanity", {})
+    if not isinstance(sanity, dict):
+        raise bad("'sanity' must be an object of checkpoint -> list of checks")
+    for name, checks in sanity.items():
+        if not isinstance(checks, list):
+            raise bad(f"sanity.{name} must be a list of checks")
+        for check in checks:
+            if (
+                not isinstance(check, dict)
+                or not isinstance(check.get("name"), str)
+                or check.get("status") not in ("pass", "warn")
+                or not isinstance(check.get("detail", ""), str)
+            ):
+                raise bad(f"sanity.{name} has an entry that is not "
+                          '{"name": str, "status": "pass"|"warn", "detail": str}')
+
+
+def load_results(path: str | os.PathLike[str]) -> RunResults:
+    """Read a run folder's ``results.json`` (or the file itself). A missing, unreadable or
+    malformed file raises :class:`advc.errors.UserError` naming it."""
+    path = Path(path)
+    file = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError("no results file", where=str(file),
+                        hint="evaluate the run first (`advc run` writes it at the end)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read the results file: {exc.strerror or exc}", where=str(file)) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"malformed results file: not JSON ({exc.msg} at line {exc.lineno})",
+                        where=str(file)) from None
+    _validate(data, str(file))
+    return RunResults(
+        spec=data["spec"],
+        seed=data["seed"],
+        checkpoints={k: {c: float(v) for c, v in cols.items()} for k, cols in data["checkpoints"].items()},
+        n=data["n"],
+        sanity={k: list(v) for k, v in data.get("sanity", {}).items()},
+        path=file,
+    )
+
+
+def run_markdown(results: RunResults) -> str:
+    """One run's table (rows = checkpoints) followed by its sanity checks."""
+    rows = [Row(name, cols) for name, cols in results.checkpoints.items()]
+    text = f"**{results.spec}** (seed {results.seed}, {results.n} test samples)\n\n"
+    text += results_markdown(rows, first_column="Checkpoint")
+    for checkpoint, checks in results.sanity.items():
+        if checks:
+            text += f"\nSanity checks ({checkpoint}):\n\n" + sanity_markdown(checks)
+    return text
+
+
+def merge_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> str:
+    """One Markdown table over several runs: a row per (spec, checkpoint), each cell the
+    mean ± sample std over the runs' seeds (a single seed prints its plain value).
+
+    Rows keep the order in which specs and checkpoints first appear. Two runs of the same
+    spec with the same seed are refused (counting one seed twice would shrink the std).
+    Sanity warnings of any run are listed under the table.
+    """
+    runs = [load_results(d) for d in run_dirs]
+    seen: dict[tuple[str, int], Path | None] = {}
+    grouped: dict[tuple[str, str], dict[str, list[float]]] = {}
+    seeds: dict[tuple[str, str], int] = {}
+    warnings: list[str] = []
+    for run in runs:
+        key = (run.spec, run.seed)
+        if key in seen:
+            raise UserError(f"two results for spec {run.spec!r} with seed {run.seed}",
+                            where=f"{seen[key]} and {run.path}",
+                            hint="pass each run folder once")
+        seen[key] = run.path
+        for checkpoint, cols in run.checkpoints.items():
+            cells = grouped.setdefault((run.spec, checkpoint), {})
+            seeds[(run.spec, checkpoint)] = seeds.get((run.spec, checkpoint), 0) + 1
+            for label, value in cols.items():
+                cells.setdefault(label, []).append(value)
+        for checkpoint, checks in run.sanity.items():
+            for check in checks:
+                if check["status"] == "warn":
+                    warnings.append(f"- ⚠️ {run.spec} seed {run.seed} ({checkpoint}) "
+                                    f"`{check['name']}`: {check.get('detail', '')}")
+    rows = []
+    for (spec, checkpoint), cells in grouped.items():
+        k = seeds[(spec, checkpoint)]
+        rows.append(Row(f"{spec} ({checkpoint}, {k} seed{'s' if k != 1 else ''})", cells))
+    text = results_markdown(rows)
+    if warnings:
+        text += "\nSanity warnings:\n\n" + "\n".join(warnings) + "\n"
+    return text
