@@ -10,7 +10,9 @@ The vocabulary tables here are the single place that says what the language mean
 
 from __future__ import annotations
 
+import builtins
 import hashlib
+import keyword
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,16 @@ TERMS = {
 WEIGHT_VARS = {"kappa", "K", "lambda", "epoch", "margin", "loss"}
 LOSS_VARS = {"weight", "kappa", "K", "epoch"}
 GAIR_FUNCTIONS = ("tanh", "sigmoid", "discrete")
+# names the generated module itself uses (compared case-insensitively): a where-binding may
+# not take one, so user names can never shadow generated code
+GENERATED_NAMES = frozenset("""
+eps step_size noise tau rho lam lr norm steps init init_scale attack_loss confidence train evaluate
+spec_name spec_file spec_hash advc_version math torch losses dataclass attack weights loss train_step
+attackresult ascent_step margin project random_start result model x y w kappa raw total count half
+all_reduce epoch logits logits_adv logits_nat per_sample n m xa ya grad objective budget active keep
+moving stop wrong passes final_logits final_margin final_ce x_adv x_step draw was_training value
+optimizer backward generator nat_logits
+""".split())
 
 
 @dataclass(frozen=True)
@@ -647,6 +659,12 @@ class Checker:
             reserved = (WEIGHT_VARS | LOSS_VARS | set(FUNCTIONS) | set(TERMS) | {"nat", "adv", "inf"}) - set(special)
             if name in reserved:
                 self.error(f"'{name}' is a built-in name and cannot be bound", b.name.span)
+                ok = False
+                continue
+            if name not in special and (name.lower() in GENERATED_NAMES or name.startswith("_")
+                                        or keyword.iskeyword(name) or hasattr(builtins, name)):
+                self.error(f"'{name}' is reserved by the generated code", b.name.span,
+                           "choose another name for this binding")
                 ok = False
                 continue
             param = special.get(name, Param("num", allow_inf=True))

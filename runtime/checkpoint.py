@@ -105,7 +105,7 @@ def restore_rng_state(tensors: TensorDict, json_state: dict) -> None:
             name, keys, pos, has_gauss, cached = json_state["numpy"]
             keys = np.asarray(keys, dtype=np.uint32)
             np.random.set_state((str(name), keys, int(pos), int(has_gauss), float(cached)))
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+    except (TypeError, ValueError, RuntimeError, LookupError) as exc:
         raise UserError(
             f"the saved random-number-generator state is invalid: {exc}",
             where="rng",
@@ -258,7 +258,9 @@ def save_checkpoint(
     metadata = {_META_KEY: state_json, _DIGEST_KEY: _digest(state_json, enc.tensors)}
     _remove_stale_temps(dest)
     _atomic_write(dest, st_save(enc.tensors, metadata=metadata))
-    readable = dict(state, tensors={k: [str(t.dtype), list(t.shape)] for k, t in enc.tensors.items()})
+    readable = dict(
+        state, tensors={k: [str(t.dtype), list(t.shape)] for k, t in enc.tensors.items()}
+    )
     json_dest = dest.with_suffix(".json")
     _remove_stale_temps(json_dest)
     _atomic_write(json_dest, (json.dumps(readable, indent=1) + "\n").encode())

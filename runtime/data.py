@@ -253,8 +253,20 @@ def _find_folder(root: Path, base: str, files: list[str]) -> Path | None:
     return None
 
 
-def _cifar(name: str, root: Path | None, download: bool, *, base, train, test, meta, label_key,
-           names_key, num_classes, tv_class) -> Dataset:
+def _cifar(
+    name: str,
+    root: Path | None,
+    download: bool,
+    *,
+    base,
+    train,
+    test,
+    meta,
+    label_key,
+    names_key,
+    num_classes,
+    tv_class,
+) -> Dataset:
     root = _resolve_root(root)
     files = [*train, test, meta]
     folder = _find_folder(root, base, files)
@@ -376,13 +388,11 @@ def _load_mnist(root: Path | None, download: bool) -> Dataset:
     def read(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             ds = MNIST(str(root), train=train, download=download)
-        except RuntimeError as exc:
-            raise _missing("mnist", raw, [f"MNIST/raw/{f}" for f in _MNIST_FILES]) from exc
-        except Exception as exc:
+        except Exception as exc:  # download failures, damaged idx files
             raise UserError(
-                f"cannot read or download mnist: {exc}",
+                f"cannot {'download' if download else 'read'} mnist: {exc}",
                 where=str(raw),
-                hint="download the files again",
+                hint="check the network connection, or put the idx files there by hand",
             ) from exc
         return _to_float(ds.data.unsqueeze(1)), ds.targets
 
@@ -422,7 +432,9 @@ def _read_image_split(folder: Path, class_to_idx: dict[str, int] | None):
                 img.load()
                 images.append(img.copy())
         except OSError as exc:
-            raise UserError(f"cannot read image: {exc}", where=path, hint="remove or fix it") from exc
+            raise UserError(
+                f"cannot read image: {exc}", where=path, hint="remove or fix it"
+            ) from exc
         labels.append(mapping[ds.classes[idx]])
         sizes.add(images[-1].size)
     if len(sizes) > 1:
@@ -476,7 +488,9 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+def load_dataset(
+    name: str, root: str | os.PathLike | None = None, download: bool = False
+) -> Dataset:
     """Load a data set by name into CPU tensors (move it with ``Dataset.to`` once).
 
     ``root`` is the data folder (``None``: ``$ADVC_DATA`` or ``./data``); ``digits`` needs none.
@@ -487,7 +501,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
         close = difflib.get_close_matches(name.lower(), list(DATASETS), n=3)
         known = ", ".join(DATASETS)
         raise UserError(
-            f"unknown data set {name!r}" + (f"; did you mean {' or '.join(close)}?" if close else ""),
+            f"unknown data set {name!r}"
+            + (f"; did you mean {' or '.join(close)}?" if close else ""),
             where=name,
             hint=f"known data sets: {known}",
         )
@@ -553,7 +568,8 @@ class RandomCropFlip:
         padded = F.pad(x, (p, p, p, p)) if p else x
         rows = oy[:, None] + torch.arange(h, device=x.device)  # B x H
         cols = ox[:, None] + torch.arange(w, device=x.device)  # B x W
-        cols = torch.where(flip[:, None], cols.flip(1), cols)  # flipping = reading columns backwards
+        # flipping a crop = reading its columns backwards
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
         bi = torch.arange(b, device=x.device)[:, None, None, None]
         ci = torch.arange(c, device=x.device)[None, :, None, None]
         return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]

@@ -356,7 +356,9 @@ def _import_callable(name: str) -> Callable[..., object]:
     try:
         obj: object = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"cannot import module {module_name!r}: {exc}", where=name, hint=hint) from exc
+        raise UserError(
+            f"cannot import module {module_name!r}: {exc}", where=name, hint=hint
+        ) from exc
     except Exception as exc:  # the user's module raised while being imported
         raise UserError(
             f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",

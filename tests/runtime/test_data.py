@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from advc.errors import UserError
 from advc.runtime.data import (
     DATASETS,
     DeviceLoader,
@@ -20,6 +18,8 @@ from advc.runtime.data import (
     load_dataset,
     split_validation,
 )
+
+from advc.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # writers of the real formats
@@ -115,7 +115,7 @@ def test_cifar10_from_real_pickle_layout(tmp_path):
     assert ds.classes[0] == "airplane" and ds.num_classes == 10
     train = [written[f"data_batch_{i}"] for i in range(1, 6)]
     data = np.concatenate([d for d, _ in train])
-    labels = sum((lab for _, lab in train), [])
+    labels = [v for _, lab in train for v in lab]
     assert ds.y_train.tolist() == labels
     roundtrip = (ds.x_train * 255).round().to(torch.uint8)
     assert torch.equal(roundtrip, torch.from_numpy(data.reshape(-1, 3, 32, 32)))
@@ -271,7 +271,7 @@ def test_imagefolder_missing(tmp_path):
 def test_split_validation_deterministic_and_disjoint():
     x = torch.arange(50, dtype=torch.float32).view(50, 1, 1, 1)
     y = torch.arange(50)
-    xtr, ytr, xval, yval = split_validation(x, y, 10, seed=3)
+    _, ytr, xval, yval = split_validation(x, y, 10, seed=3)
     assert len(ytr) == 40 and len(yval) == 10
     assert sorted(torch.cat([ytr, yval]).tolist()) == list(range(50))
     assert torch.equal(xval.view(-1).long(), yval)  # x and y stay paired
