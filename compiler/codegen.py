@@ -17,6 +17,7 @@ from advc import __version__
 
 from . import ir
 from .lower import comment, literal, lower
+from .safety import validate
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -87,7 +88,9 @@ def generate(program: ir.Program) -> str:
         uses_weight=low.uses_weight,
         overrides=overrides,
     )
-    return _tidy(text)
+    text = _tidy(text)
+    validate(text)  # the allow-list gate: a generator bug can never emit anything else
+    return text
 
 
 def _safe(text: str) -> str:

@@ -83,3 +83,46 @@ def test_load_exposes_the_stable_interface():
         assert hasattr(prog, name)
     assert prog.source == compile_spec("specs/fat.adv", {"attack.steps": 3})[1]
     assert prog.module.STEPS == 3
+
+
+@pytest.mark.parametrize("snippet", [
+    "import os",
+    "from os import system",
+    "x = __import__('os')",
+    "y = torch.__class__",
+    "z = eval('1')",
+    "w = open('f')",
+    "import torch as t",
+    "lambda: 1",
+])
+def test_allow_list_walker_rejects_what_the_generator_never_emits(snippet):
+    from advc.compiler.safety import UnsafeModule, validate
+
+    with pytest.raises(UnsafeModule):
+        validate("import torch\n" + snippet + "\n")
+
+
+@pytest.mark.parametrize("hostile", [
+    'weight exp(-margin) where __import__ = 1',
+    'weight exp(-margin) where torch = 1',
+    'weight exp(-margin) where eval = 2',
+    'loss ce(adv) where os = "rm -rf"',
+    'loss ce(adv) * {{ 7*7 }}',
+    'loss ce(adv) * __class__',
+    'attack pgd(steps = 10, step_size = 0.1, init = "uniform\\n")',
+])
+def test_hostile_specs_fail_the_checker_or_generate_allow_listed_code(hostile):
+    from advc.compiler.check import check_text
+    from advc.compiler.codegen import generate
+    from advc.compiler.diagnostics import SpecError
+
+    base = {"weight": "weight none", "loss": "loss ce(adv)", "attack": "attack pgd(steps = 3, step_size = 0.1)"}
+    key = hostile.split()[0]
+    base[key] = hostile
+    text = ("objective h {\n threat linf(eps = 0.1)\n" + "\n".join(f" {v}" for v in base.values())
+            + "\n}\ntrain { data digits model small_cnn epochs 1 optim sgd(lr = 0.1) }\n")
+    try:
+        program = check_text(text, "h.adv")
+    except SpecError:
+        return  # rejected with a diagnostic: fine
+    generate(program)  # validate() inside raises if anything outside the allow-list appears
