@@ -108,6 +108,34 @@ def compile_(spec: Path = typer.Argument(..., help="Spec file."),
 # --- advc run / eval / table live below (runtime) ----------------------------------------
 
 
+@app.command()
+def run(spec: Path = typer.Argument(..., help="Spec file to train."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<spec name>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+        gpus: int = typer.Option(0, "--gpus", help="Train with N GPU processes (Accelerate's launcher)."),
+        cpu_procs: int = typer.Option(0, "--cpu-procs", help="Train with N CPU processes over gloo."),
+        data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the data sets."),
+        download: bool = typer.Option(False, "--download", help="Let torchvision download missing data."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
+        no_eval: bool = typer.Option(False, "--no-eval", help="Skip the final test-set evaluation."),
+        eval_n: Optional[int] = typer.Option(None, "--eval-n", help="Evaluate on the first N test samples."),
+        eval_batch: int = typer.Option(256, "--eval-batch", help="Batch size of the evaluation attacks.")) -> None:
+    """Train a spec with Accelerate, keep best/last checkpoints, and evaluate them on the test set."""
+    from advc.runtime.train import RunOptions
+    from advc.runtime.train import run as run_training
+
+    opts = RunOptions(spec=spec, overrides=list(set_ or []), out=out, resume=resume, gpus=gpus,
+                      cpu_procs=cpu_procs, data_root=data_root, download=download, quiet=quiet,
+                      evaluate=not no_eval, eval_n=eval_n, eval_batch=eval_batch)
+    try:
+        code = run_training(opts)
+    except AdvcError as err:
+        _fail(err)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()

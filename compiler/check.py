@@ -885,7 +885,8 @@ class Checker:
             got = self.head_args(value, {value.func.name: params}, what, clause.key.name)
             if got is None:
                 return None
-            return value.func.name, tuple(sorted(got[1].items()))
+            args = {k: (v.value if isinstance(v, ir.Const) else v) for k, v in got[1].items()}
+            return value.func.name, tuple(sorted(args.items()))
         if isinstance(value, ast.Name) and value.id in names:
             return value.id, ()
         name, span = (value.id, value.span) if isinstance(value, ast.Name) else (

@@ -45,7 +45,9 @@ def require_gpus(n: int) -> None:
         raise UserError(
             f"--gpus {n} asks for {n} GPUs but this machine has {have}",
             where="--gpus",
-            hint=f"use --gpus {have}" if have > 1 else "run without --gpus, or use --cpu-procs N for CPU processes",
+            hint=f"use --gpus {have}"
+            if have > 1
+            else "run without --gpus, or use --cpu-procs N for CPU processes",
         )
 
 
@@ -55,8 +57,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(advc_args: Sequence[str], num_processes: int, *, cpu: bool,
-           mixed_precision: str = "no") -> int:
+def launch(
+    advc_args: Sequence[str], num_processes: int, *, cpu: bool, mixed_precision: str = "no"
+) -> int:
     """Run ``advc <advc_args>`` in ``num_processes`` processes via ``accelerate launch``.
 
     Returns the launcher's exit status. Output of the processes goes straight to ours.

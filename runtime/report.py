@@ -85,8 +85,10 @@ def append_metrics(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Non
 
 def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
     """CSV cells: lists (the kappa histogram) become one space-separated cell."""
-    return {k: " ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v
-            for k, v in record.items()}
+    return {
+        k: " ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v
+        for k, v in record.items()
+    }
 
 
 def write_metrics_csv(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
