@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -31,8 +30,8 @@ def _fail(err: AdvcError) -> None:
 
 
 @app.command()
-def check(specs: List[Path] = typer.Argument(..., help="Spec files to check."),
-          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP)) -> None:
+def check(specs: list[Path] = typer.Argument(..., help="Spec files to check."),
+          set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP)) -> None:
     """Parse and check specs; print every problem with its location."""
     from advc.compiler.check import check_file
     from advc.compiler.diagnostics import SpecError
@@ -51,7 +50,7 @@ def check(specs: List[Path] = typer.Argument(..., help="Spec files to check."),
 
 
 @app.command()
-def fmt(specs: List[Path] = typer.Argument(..., help="Spec files to format in place."),
+def fmt(specs: list[Path] = typer.Argument(..., help="Spec files to format in place."),
         check_only: bool = typer.Option(False, "--check", help="Only report files that are not formatted.")) -> None:
     """Rewrite specs in canonical form (comments kept); --check only reports."""
     from advc.compiler.diagnostics import SpecError
@@ -85,8 +84,8 @@ def fmt(specs: List[Path] = typer.Argument(..., help="Spec files to format in pl
 
 @app.command("compile")
 def compile_(spec: Path = typer.Argument(..., help="Spec file."),
-             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the module here (default: stdout)."),
-             set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP)) -> None:
+             output: Path | None = typer.Option(None, "-o", "--output", help="Write the module here (default: stdout)."),
+             set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP)) -> None:
     """Compile a spec to a readable PyTorch module (the same code `advc run` executes)."""
     from advc.api import compile_spec
     from advc.compiler.diagnostics import SpecError
@@ -110,16 +109,16 @@ def compile_(spec: Path = typer.Argument(..., help="Spec file."),
 
 @app.command()
 def run(spec: Path = typer.Argument(..., help="Spec file to train."),
-        set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<spec name>)."),
+        set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+        out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<spec name>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
         gpus: int = typer.Option(0, "--gpus", help="Train with N GPU processes (Accelerate's launcher)."),
         cpu_procs: int = typer.Option(0, "--cpu-procs", help="Train with N CPU processes over gloo."),
-        data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the data sets."),
+        data_root: str | None = typer.Option(None, "--data-root", help="Folder holding the data sets."),
         download: bool = typer.Option(False, "--download", help="Let torchvision download missing data."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
         no_eval: bool = typer.Option(False, "--no-eval", help="Skip the final test-set evaluation."),
-        eval_n: Optional[int] = typer.Option(None, "--eval-n", help="Evaluate on the first N test samples."),
+        eval_n: int | None = typer.Option(None, "--eval-n", help="Evaluate on the first N test samples."),
         eval_batch: int = typer.Option(256, "--eval-batch", help="Batch size of the evaluation attacks.")) -> None:
     """Train a spec with Accelerate, keep best/last checkpoints, and evaluate them on the test set."""
     from advc.runtime.train import RunOptions

@@ -8,7 +8,6 @@ Parentheses are not nodes: the formatter re-derives them from operator precedenc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from .diagnostics import Span
 
@@ -33,8 +32,8 @@ class Num:
 
     @property
     def value(self) -> float | int:
-        if any(c in self.text for c in ".eE"):
-            return float(self.text)
+        if any(c in self.text for c in ".eE") or len(self.text) > 18:
+            return float(self.text)  # huge literals overflow to inf, which the checker rejects
         return int(self.text)
 
 
@@ -88,8 +87,8 @@ class Call:
         return {a.name.name: a for a in self.args if isinstance(a, KwArg)}
 
 
-Expr = Union[Num, Str, Name, BinOp, Neg, Call]
-Arg = Union[Num, Str, Name, BinOp, Neg, Call, KwArg, Pair]
+Expr = Num | Str | Name | BinOp | Neg | Call
+Arg = Num | Str | Name | BinOp | Neg | Call | KwArg | Pair
 
 
 # --- structure --------------------------------------------------------------------------
@@ -132,7 +131,7 @@ class Evaluate:
     span: Span | None = field(default=None, **_span)
 
 
-Item = Union[Objective, Train, Evaluate]
+Item = Objective | Train | Evaluate
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,7 @@ LOSS_VARS = {"weight", "kappa", "K", "epoch"}
 GAIR_FUNCTIONS = ("tanh", "sigmoid", "discrete")
 # names the generated module itself uses (compared case-insensitively): a where-binding may
 # not take one, so user names can never shadow generated code
-GENERATED_NAMES = frozenset("""
-eps step_size noise tau rho lam lr norm steps init init_scale attack_loss confidence train evaluate
-spec_name spec_file spec_hash advc_version math torch losses dataclass attack weights loss train_step
-attackresult ascent_step margin project random_start result model x y w kappa raw total count half
-all_reduce epoch logits logits_adv logits_nat per_sample n m xa ya grad objective budget active keep
-moving stop wrong passes final_logits final_margin final_ce x_adv x_step draw was_training value
-optimizer backward generator nat_logits
-""".split())
+GENERATED_NAMES = frozenset(["eps", "step_size", "noise", "tau", "rho", "lam", "lr", "norm", "steps", "init", "init_scale", "attack_loss", "confidence", "train", "evaluate", "spec_name", "spec_file", "spec_hash", "advc_version", "math", "torch", "losses", "dataclass", "attack", "weights", "loss", "train_step", "attackresult", "ascent_step", "margin", "project", "random_start", "result", "model", "x", "y", "w", "kappa", "raw", "total", "count", "half", "all_reduce", "epoch", "logits", "logits_adv", "logits_nat", "per_sample", "n", "m", "xa", "ya", "grad", "objective", "budget", "active", "keep", "moving", "stop", "wrong", "passes", "final_logits", "final_margin", "final_ce", "x_adv", "x_step", "draw", "was_training", "value", "optimizer", "backward", "generator", "nat_logits"])
 
 
 @dataclass(frozen=True)
@@ -85,6 +78,15 @@ class Param:
 
 def _fmt_num(v) -> str:
     return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def _show(v) -> str:
+    """A number for a message, short whatever its size."""
+    if isinstance(v, int) and abs(v) >= 10**15:
+        return f"{float(v):.3g}"
+    if isinstance(v, float) and (math.isinf(v) or abs(v) >= 1e15):
+        return f"{v:.3g}"
+    return _fmt_num(v)
 
 
 POS = Param("num", lo=0, lo_strict=True)
@@ -190,6 +192,7 @@ class _Merged:
     clauses: dict[str, ast.Clause] = field(default_factory=dict)
     train: dict[str, ast.Clause] = field(default_factory=dict)
     evaluate: ast.Evaluate | None = None
+    train_block: ast.Train | None = None  # the nearest train block, for locating what it lacks
     files: list[str] = field(default_factory=list)
 
 
@@ -225,7 +228,14 @@ class Checker:
             return self.specs[key]
         try:
             data = path.read_bytes()
-        except OSError:
+        except FileNotFoundError:
+            self.error(f"no such spec file: {path}", None, "check the path")
+            return None
+        except IsADirectoryError:
+            self.error(f"{path} is a folder, not a spec file", None, "name a .adv file")
+            return None
+        except OSError as exc:
+            self.error(f"cannot read {path}: {exc.strerror or exc}", None)
             return None
         try:
             text = decode(data, key)
@@ -282,6 +292,7 @@ class Checker:
         for owner in {s.file: s for _, s in reversed(chain)}.values():
             train = owner.block(ast.Train)
             if train is not None:
+                merged.train_block = train
                 for clause in train.clauses:
                     merged.train[clause.key.name] = clause
             evaluate = owner.block(ast.Evaluate)
@@ -300,14 +311,18 @@ class Checker:
             if obj.name.name == ident.name:
                 return obj, spec
         sibling = Path(spec.file).parent / f"{ident.name}.adv"
-        other = self.load(sibling) if sibling.exists() else None
+        try:
+            exists = sibling.is_file()
+        except OSError:  # e.g. a name longer than the file system allows
+            exists = False
+        other = self.load(sibling) if exists else None
         if other is not None:
             for obj in reversed(other.objectives()):
                 if obj.name.name == ident.name:
                     return obj, other
             self.error(f"{sibling} defines no objective '{ident.name}'", ident.span)
             return None
-        if sibling.exists():
+        if exists:
             return None  # its own diagnostics were recorded by load()
         known = {o.name.name for o in spec.objectives()}
         known |= {p.stem for p in Path(spec.file).parent.glob("*.adv")}
@@ -382,7 +397,11 @@ class Checker:
     def const(self, expr, *, allow_inf: bool = False):
         """Fold a constant expression (numbers, + - * / ^, inf) or report why it is not one."""
         if isinstance(expr, ast.Num):
-            return expr.value
+            v = expr.value
+            if isinstance(v, float) and math.isinf(v):
+                self.error("number is too large", expr.span, "write inf where an infinite value is meant")
+                return None
+            return v
         if isinstance(expr, ast.Name):
             if expr.id == "inf" and allow_inf:
                 return math.inf
@@ -410,8 +429,10 @@ class Checker:
                     r = a / b
                     if float(r).is_integer() and isinstance(a, int) and isinstance(b, int):
                         r = float(r)
-                else:
+                elif isinstance(a, int) and isinstance(b, int) and abs(b) <= 64 and abs(a) < 2**32:
                     r = a**b
+                else:
+                    r = float(a) ** float(b)  # floats: 9^9^9 overflows at once instead of running for hours
                 if isinstance(r, complex) or (isinstance(r, float) and math.isnan(r)):
                     raise ValueError
                 if isinstance(r, int) and abs(r) > 10**18:
@@ -459,8 +480,7 @@ class Checker:
         lo_bad = param.lo is not None and (v <= param.lo if param.lo_strict else v < param.lo)
         hi_bad = param.hi is not None and (v >= param.hi if param.hi_strict else v > param.hi)
         if lo_bad or hi_bad:
-            self.error(f"'{label}' must be {param.range_text()}, got {_fmt_num(v) if not math.isinf(v) else v}",
-                       getattr(expr, "span", None))
+            self.error(f"'{label}' must be {param.range_text()}, got {_show(v)}", getattr(expr, "span", None))
             return None
         return v
 
@@ -482,7 +502,7 @@ class Checker:
             if epoch is None or value is None:
                 ok = False
                 continue
-            if isinstance(epoch, float) and not epoch.is_integer() or epoch < 0:
+            if (isinstance(epoch, float) and not epoch.is_integer()) or epoch < 0:
                 self.error("a schedule's epochs are whole numbers >= 0", arg.key.span)
                 ok = False
                 continue
@@ -551,7 +571,7 @@ class Checker:
             self.error(f"unknown {what} '{head}'", head_span, did_you_mean(head, table) or f"one of {one_of(table)}")
             return None
         params = table[head]
-        out, given, ok = {}, set(), True
+        out, given, guessed, ok = {}, set(), set(), True
         for arg in args:
             if not isinstance(arg, ast.KwArg):
                 self.error(f"{head}(...) takes named parameters", getattr(arg, "span", None),
@@ -560,8 +580,11 @@ class Checker:
                 continue
             name = arg.name.name
             if name not in params:
+                hint = did_you_mean(name, params)
+                if hint:
+                    guessed.add(hint.split("'")[1])
                 self.error(f"{head} has no parameter '{name}'", arg.name.span,
-                           did_you_mean(name, params) or (f"it takes {one_of(params)}" if params else "it takes none"))
+                           hint or (f"it takes {one_of(params)}" if params else "it takes none"))
                 ok = False
                 continue
             if name in given:
@@ -578,7 +601,8 @@ class Checker:
             if name in given:
                 continue
             if p.required:
-                self.error(f"{head}(...) needs '{name}'", head_span, f"add {name} = ...")
+                if name not in guessed:  # a misspelling of it was reported already
+                    self.error(f"{head}(...) needs '{name}'", head_span, f"add {name} = ...")
                 ok = False
             elif p.default is not None:
                 out[name] = ir.Const(p.default) if p.kind in ("num", "int") else p.default
@@ -647,15 +671,20 @@ class Checker:
         self.error(f"unexpected element in {where} expression", getattr(expr, "span", None))
         return None
 
-    def bindings(self, clause: ast.Clause, special: dict[str, Param]) -> tuple[dict, dict] | None:
-        """``where name = value, ...``: special names get their own Param, the rest are numbers."""
-        plain, extra, ok = {}, {}, True
+    def bindings(self, clause: ast.Clause, special: dict[str, Param]):
+        """``where name = value, ...``: special names get their own Param, the rest are numbers.
+
+        Returns (plain, extra, spans, ok); a bad binding is reported but its name stays known,
+        so the expression is still checked and every problem is reported at once.
+        """
+        plain, extra, spans, ok = {}, {}, {}, True
         for b in clause.where:
             name = b.name.name
-            if name in plain or name in extra:
+            if name in spans:
                 self.error(f"'{name}' is bound twice", b.name.span)
                 ok = False
                 continue
+            spans[name] = b.name.span
             reserved = (WEIGHT_VARS | LOSS_VARS | set(FUNCTIONS) | set(TERMS) | {"nat", "adv", "inf"}) - set(special)
             if name in reserved:
                 self.error(f"'{name}' is a built-in name and cannot be bound", b.name.span)
@@ -671,9 +700,18 @@ class Checker:
             v = self.scalar(b.value, param, name)
             if v is None:
                 ok = False
-                continue
             (extra if name in special else plain)[name] = v
-        return (plain, extra) if ok else None
+        return plain, extra, spans, ok
+
+    def unused_bindings(self, expr, plain: dict, spans: dict) -> bool:
+        used = _vars(expr) if expr is not None else set(plain)
+        ok = True
+        for name in plain:
+            if name not in used:
+                self.error(f"'{name}' is bound but the expression never uses it", spans.get(name),
+                           did_you_mean(name, used) or "remove it, or use it in the expression")
+                ok = False
+        return ok
 
     # sections ---------------------------------------------------------------------------
     def origin(self, clause: ast.Clause | None) -> ir.Origin | None:
@@ -780,12 +818,9 @@ class Checker:
             return ir.Weight("gair", a["fn"], a["lambda"], a["from_epoch"].value, None, (), frozenset(),
                              self.origin(clause))
         special = {"lambda": HEADS["weight"]["gair"]["lambda"], "from_epoch": HEADS["weight"]["gair"]["from_epoch"]}
-        got = self.bindings(clause, special)
-        if got is None:
-            return None
-        plain, extra = got
+        plain, extra, spans, ok = self.bindings(clause, special)
         expr = self.expression(value, WEIGHT_VARS, set(plain), "weight", terms=False)
-        if expr is None:
+        if expr is None or not self.unused_bindings(expr, plain, spans) or not ok:
             return None
         needs = frozenset(_vars(expr) & {"margin", "loss"})
         lam = extra.get("lambda", ir.Const(0))
@@ -795,12 +830,9 @@ class Checker:
     def _loss(self, clause, weight):
         if clause is None:
             return None
-        got = self.bindings(clause, {})
-        if got is None:
-            return None
-        plain, _ = got
+        plain, _, spans, ok = self.bindings(clause, {})
         expr = self.expression(clause.value, LOSS_VARS, set(plain), "loss", terms=True)
-        if expr is None:
+        if expr is None or not self.unused_bindings(expr, plain, spans) or not ok:
             return None
         if not any(isinstance(n, ir.ETerm) for n in _walk(expr)):
             self.error("the loss uses no loss term", clause.value.span if hasattr(clause.value, "span") else None,
@@ -823,12 +855,22 @@ class Checker:
             elif clause.where:
                 self.error(f"'{key}' takes no 'where' bindings", clause.where[0].span)
                 ok = False
-        for key in ("data", "model", "epochs", "optim"):
-            if key not in t:
-                self.error(f"the train block has no '{key}'", merged.name.span,
-                           {"data": "add: data digits", "model": "add: model small_cnn", "epochs": "add: epochs 10",
-                            "optim": "add: optim sgd(lr = 0.1, momentum = 0.9)"}[key])
-                ok = False
+        examples = {"data": "data digits", "model": "model small_cnn", "epochs": "epochs 10",
+                    "optim": "optim sgd(lr = 0.1, momentum = 0.9)"}
+        missing = [key for key in examples if key not in t]
+        block = merged.train_block
+        if missing and block is None and not t:
+            self.error(f"objective '{merged.name.name}' has no train block", merged.name.span,
+                       "add: train { " + "  ".join(examples.values()) + " }")
+            ok = False
+        elif missing:
+            where = merged.name.span
+            if block is not None and block.span is not None:
+                b = block.span
+                where = Span(b.file, b.line, b.col, b.line, b.col + len("train"))
+            for key in missing:
+                self.error(f"the train block has no '{key}'", where, f"add: {examples[key]}")
+            ok = False
         if not ok:
             # keep checking what is there so every problem is reported at once
             pass
@@ -952,12 +994,14 @@ def normalize_overrides(overrides) -> list[tuple[str, str]]:
         return []
     if isinstance(overrides, dict):
         out = []
-        for k, v in overrides.items():
-            if isinstance(v, bool):
-                v = "true" if v else "false"
-            elif isinstance(v, str) and not _looks_like_expr(v):
-                v = f'"{v}"'
-            out.append((str(k), str(v)))
+        for k, value in overrides.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str) and not _parses_as_expr(value) and '"' not in value and "\n" not in value:
+                text = f'"{value}"'  # a plain string such as "mypkg.nets:make"
+            else:
+                text = str(value)
+            out.append((str(k), text))
         return out
     out = []
     for item in overrides:
@@ -968,10 +1012,12 @@ def normalize_overrides(overrides) -> list[tuple[str, str]]:
     return out
 
 
-def _looks_like_expr(v: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[A-Za-z0-9_.+\-*/^():, =\"]*", v) is not None
+def _parses_as_expr(v: str) -> bool:
+    try:
+        parse_expr(v)
+    except SpecError:
+        return False
+    return True
 
 
 def check_file(path, overrides=None) -> ir.Program:
@@ -980,8 +1026,6 @@ def check_file(path, overrides=None) -> ir.Program:
     path = Path(path)
     spec = checker.load(path)
     if spec is None:
-        if not checker.diags:
-            checker.error(f"no such spec file: {path}", None, "check the path")
         checker.fail_if_errors()
     return _check(checker, spec, overrides)
 
@@ -997,8 +1041,7 @@ def check_text(text: str, file: str = "<spec>", overrides=None) -> ir.Program:
 def _check(checker: Checker, spec: ast.Spec, overrides) -> ir.Program:
     pairs = normalize_overrides(overrides)
     merged = checker.resolve(spec)
-    if merged is None:
-        checker.fail_if_errors()
+    checker.fail_if_errors()  # an unresolved parent would only cascade into bogus errors
     checker.apply_overrides(merged, pairs)
     digest = hashlib.sha256()
     for file in merged.files:

@@ -8,7 +8,6 @@ overrides give byte-identical text.
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
 import jinja2
@@ -55,9 +54,8 @@ def _tidy(text: str) -> str:
             if out:
                 out += ["", ""]
             out += block
-        elif line == "" and out and out[-1] == "":
-            if len(out) > 1 and out[-2] == "":
-                continue
+        elif line == "" and len(out) > 1 and out[-1] == "" and out[-2] == "":
+            continue
         out.append(line)
     text = "\n".join(out) + "\n"
     if "math." not in text.replace("import math\n", ""):

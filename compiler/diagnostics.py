@@ -50,9 +50,9 @@ class Sources:
         text = self.texts.get(file)
         if text is None:
             return None
-        lines = text.splitlines()
+        lines = text.split("\n")  # lark counts lines by '\n' only; so must the quote
         if 1 <= line <= len(lines):
-            return lines[line - 1]
+            return lines[line - 1].rstrip("\r")
         return ""
 
 
@@ -66,7 +66,7 @@ def render_one(diag: Diagnostic, sources: Sources | None = None) -> str:
     text = sources.line(span.file, span.line) if sources else None
     if text is None:
         return head + (f"\n  hint: {diag.hint}" if diag.hint else "")
-    text = text.expandtabs(1)
+    text = "".join(ch if ch.isprintable() else " " for ch in text.expandtabs(1))
     gutter = str(span.line)
     if span.end_line == span.line and span.end_col > span.col:
         width = span.end_col - span.col

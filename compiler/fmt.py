@@ -73,7 +73,7 @@ class _Printer:
     def __init__(self, spec: ast.Spec):
         self.lines: list[str] = []
         self.comments = sorted(spec.comments, key=lambda c: (c.line, c.col))
-        self.source_lines = spec.source.splitlines()
+        self.source_lines = spec.source.split("\n")
         self.next = 0
 
     def _pending_before(self, line: int) -> list[ast.Comment]:

@@ -7,8 +7,8 @@ which spec line each block implements.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Cosine:
     points: tuple[tuple[int, float], ...]
 
 
-Sched = Union[Const, Piecewise, Linear, Cosine]
+Sched = Const | Piecewise | Linear | Cosine
 
 
 def sched_value(s: Sched, epoch: float) -> float | int:
@@ -68,7 +68,7 @@ def sched_value(s: Sched, epoch: float) -> float | int:
         return value
     if epoch <= pts[0][0]:
         return pts[0][1]
-    for (e0, v0), (e1, v1) in zip(pts, pts[1:]):
+    for (e0, v0), (e1, v1) in itertools.pairwise(pts):
         if epoch <= e1:
             t = (epoch - e0) / (e1 - e0)
             if isinstance(s, Cosine):
@@ -116,7 +116,7 @@ class ENeg:
     operand: E
 
 
-E = Union[EConst, EVar, EFunc, ETerm, EBin, ENeg]
+E = EConst | EVar | EFunc | ETerm | EBin | ENeg
 
 
 # --- the objective -----------------------------------------------------------------------

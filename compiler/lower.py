@@ -8,6 +8,7 @@ cannot inject code into the module it compiles to.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -95,7 +96,7 @@ class Schedule:
             return lines + [f"return {num(s.points[0][1])}"]
         pts = s.points
         lines = [f"if epoch <= {pts[0][0]}:", f"    return {num(pts[0][1])}"]
-        for (e0, v0), (e1, v1) in zip(pts, pts[1:]):
+        for (e0, v0), (e1, v1) in itertools.pairwise(pts):
             t = f"(epoch - {e0}) / {e1 - e0}"
             if isinstance(s, ir.Cosine):
                 t = f"(1 - math.cos(math.pi * {t})) / 2"
@@ -136,7 +137,7 @@ class ExprEmitter:
             p = _PREC[e.op]
             left, right = self.emit(e.left), self.emit(e.right)
             lc = f"({left.code})" if left.prec < p or (e.op == "^" and left.prec <= p) else left.code
-            rc = f"({right.code})" if right.prec <= p and e.op != "^" or right.prec < p else right.code
+            rc = f"({right.code})" if (right.prec <= p and e.op != "^") or right.prec < p else right.code
             op = "**" if e.op == "^" else e.op
             return Emitted(f"{lc} {op} {rc}", left.tensor or right.tensor, p)
         if isinstance(e, ir.EFunc):

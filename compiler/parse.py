@@ -111,7 +111,7 @@ class _Builder(Transformer):
     def name(self, meta, children):
         return ast.Name(str(children[0]), span=self._tok_span(children[0]))
 
-    def _binop(op):  # noqa: N805 - a factory evaluated in the class body
+    def _binop(op):
         @v_args(meta=True)
         def method(self, meta, children):
             left, right = children
@@ -153,7 +153,7 @@ class _TooDeep(Exception):
         self.span = span
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parser(start: str) -> Lark:
     return Lark(
         _grammar_text(),
@@ -193,11 +193,11 @@ def _parse_error(exc: LarkError, parser: Lark, file: str, text: str) -> Diagnost
     if isinstance(exc, UnexpectedCharacters):
         ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
         span = Span(file, exc.line, exc.column, exc.line, exc.column + 1)
-        hint = None
         if ch == '"':
             hint = "strings are one line of plain text with no backslashes"
-        elif exc.allowed:
-            hint = f"expected {_describe_expected(parser, exc.allowed)}"
+        else:
+            # the lexer's view of what may follow is coarse, so say what the language is made of
+            hint = "specs are made of names, numbers, \"strings\", ( ) { } , = : + - * / ^ and # comments"
         return Diagnostic(f"unexpected character {ch!r}", span, hint)
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
@@ -226,7 +226,7 @@ def decode(data: bytes, file: str) -> str:
             [Diagnostic(f"spec is {len(data)} bytes; the limit is {MAX_BYTES}", Span(file, 1, 1, 1, 2))]
         )
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not content
     except UnicodeDecodeError as exc:
         before = data[: exc.start].decode("utf-8", errors="replace")
         line = before.count("\n") + 1
@@ -269,13 +269,13 @@ def _too_deep(span, file):
 def _comments(text: str) -> tuple[ast.Comment, ...]:
     """Every ``# ...`` comment with its position (strings are one line and may hold '#')."""
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         in_string = False
         for col, ch in enumerate(line, start=1):
             if ch == '"':
                 in_string = not in_string
             elif ch == "#" and not in_string:
-                out.append(ast.Comment(lineno, col, line[col - 1 :].rstrip()))
+                out.append(ast.Comment(lineno, col, line[col - 1 :].rstrip(" \t\r")))
                 break
     return tuple(out)
 

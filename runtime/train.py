@@ -149,8 +149,8 @@ def threat_eps(module: types.ModuleType, epochs: int) -> float:
 def evaluation_list(items) -> list[dict]:
     """The spec's EVALUATE entries in the vocabulary of :mod:`advc.runtime.evaluate`."""
     out = []
-    for item in items:
-        item = dict(item)
+    for entry in items:
+        item = dict(entry)
         if "queries" in item:
             queries = item.pop("queries")
             if item.get("name") == "autoattack":
@@ -169,7 +169,7 @@ def import_source(source: str, filename: str, name: str) -> types.ModuleType:
     module.__file__ = filename
     sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the text advc just generated
+    exec(compile(source, filename, "exec"), module.__dict__)
     return module
 
 

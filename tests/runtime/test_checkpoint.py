@@ -9,20 +9,20 @@ import random
 import struct
 from pathlib import Path
 
-import advc.runtime.checkpoint as ckpt
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import advc.runtime.checkpoint as ckpt
+from advc.errors import UserError
 from advc.runtime.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from safetensors.torch import save_file
-from torch import nn
-
-from advc.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # helpers

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from advc.errors import UserError
 from advc.runtime.data import (
     DATASETS,
     DeviceLoader,
@@ -18,8 +20,6 @@ from advc.runtime.data import (
     load_dataset,
     split_validation,
 )
-
-from advc.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # writers of the real formats
@@ -98,7 +98,7 @@ def test_digits_embedded_needs_no_files(tmp_path, monkeypatch):
     ds = load_dataset("digits")
     assert ds.x_train.shape == (1437, 1, 8, 8) and ds.x_test.shape == (360, 1, 8, 8)
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() == 1.0
+    assert ds.x_train.min() >= 0.0 and ds.x_train.max() == 1.0
     assert ds.num_classes == 10 and ds.in_channels == 1 and ds.image_size == (8, 8)
     assert ds.classes == [str(i) for i in range(10)]
     assert torch.bincount(ds.y_test, minlength=10).min() >= 35  # stratified split
@@ -111,7 +111,7 @@ def test_cifar10_from_real_pickle_layout(tmp_path):
     ds = load_dataset("cifar10", root=tmp_path)
     assert ds.x_train.shape == (15, 3, 32, 32) and ds.x_test.shape == (3, 3, 32, 32)
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
     assert ds.classes[0] == "airplane" and ds.num_classes == 10
     train = [written[f"data_batch_{i}"] for i in range(1, 6)]
     data = np.concatenate([d for d, _ in train])

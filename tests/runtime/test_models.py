@@ -6,6 +6,9 @@ import uuid
 
 import pytest
 import torch
+from torch import nn
+
+from advc.errors import UserError
 from advc.runtime.models import (
     MODELS,
     Normalize,
@@ -13,9 +16,6 @@ from advc.runtime.models import (
     build_model,
     check_model_fits,
 )
-from torch import nn
-
-from advc.errors import UserError
 
 
 def n_params(model: nn.Module) -> int:

@@ -1,0 +1,242 @@
+"""The front end through the real command line: `advc check`, `advc fmt`, `--set`, and the
+language reference (docs/language.md), whose examples and transcripts are run here."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advc.compiler.check import check_file
+from advc.compiler.diagnostics import SpecError
+from advc.compiler.fmt import format_text
+from advc.compiler.parse import parse_text
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = sorted((ROOT / "specs").glob("*.adv"))
+DOC = ROOT / "docs" / "language.md"
+
+
+def advc(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("advc")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "advc"]
+    return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_there_are_eleven_specs():
+    assert len(SPECS) == 11
+
+
+def test_check_accepts_every_shipped_spec():
+    done = advc("check", *[f"specs/{p.name}" for p in SPECS])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines() == [f"specs/{p.name}: ok (objective {p.stem})" for p in SPECS]
+
+
+def test_every_shipped_spec_is_formatted():
+    done = advc("fmt", "--check", *[f"specs/{p.name}" for p in SPECS])
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+MESSY = """\
+# GAIR-FAT, typed in a hurry
+objective gair_fat extends fat{   # friendly data plus geometry-aware weights
+  attack pgd( steps=10,step_size=0.007 ,init=uniform,loss=ce,noise=0 )   # GAIR_FAT.py --omega 0.0
+      form minmin(tau=piecewise(0:0,40:3,70:6),rho=0)
+  # --Lambda 0.0, --begin_epoch 60 (at epoch + 1)
+  weight gair(fn=tanh,lambda=0,from_epoch=59)   loss ce(adv)*weight
+}
+train { seed 3 }  # GAIR_FAT.py --seed 3
+"""
+
+
+def test_fmt_rewrites_a_messy_spec_keeps_its_comments_and_is_then_idempotent(tmp_path):
+    for parent in ("fat.adv", "madry.adv"):
+        shutil.copy(ROOT / "specs" / parent, tmp_path / parent)
+    spec = tmp_path / "gair_fat.adv"
+    spec.write_text(MESSY, encoding="utf-8")
+
+    done = advc("fmt", "--check", "gair_fat.adv", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (1, "gair_fat.adv: would reformat\n")
+    assert spec.read_text(encoding="utf-8") == MESSY  # --check writes nothing
+
+    done = advc("fmt", "gair_fat.adv", cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "gair_fat.adv: reformatted\n", "")
+    formatted = spec.read_text(encoding="utf-8")
+    assert formatted == format_text(MESSY)
+    assert parse_text(formatted) == parse_text(MESSY)
+    for comment in re.findall(r"#[^\n]*", MESSY):
+        assert comment.rstrip() in formatted
+    assert "    weight  gair(fn = tanh, lambda = 0, from_epoch = 59)\n    loss    ce(adv) * weight\n" in formatted
+
+    done = advc("fmt", "gair_fat.adv", cwd=tmp_path)  # a second run changes nothing
+    assert (done.returncode, done.stdout) == (0, "")
+    assert spec.read_text(encoding="utf-8") == formatted
+    assert advc("fmt", "--check", "gair_fat.adv", cwd=tmp_path).returncode == 0
+    assert advc("check", "gair_fat.adv", cwd=tmp_path).stdout == "gair_fat.adv: ok (objective gair_fat)\n"
+
+
+def test_fmt_leaves_an_unparsable_spec_alone(tmp_path):
+    bad = tmp_path / "bad.adv"
+    bad.write_text("objective a {\n    threat  linf(eps = 8/255\n}\n")
+    done = advc("fmt", "bad.adv", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("bad.adv:3:1: error: unexpected '}'\n")
+    assert bad.read_text() == "objective a {\n    threat  linf(eps = 8/255\n}\n"
+
+
+def test_set_accepts_a_known_parameter():
+    done = advc("check", "specs/gair_fat.adv", "--set", "attack.steps=20")
+    assert (done.returncode, done.stdout) == (0, "specs/gair_fat.adv: ok (objective gair_fat)\n")
+    assert check_file(ROOT / "specs" / "gair_fat.adv", ["attack.steps=20"]).attack.steps == 20
+
+
+def test_set_rejects_an_unknown_parameter():
+    done = advc("check", "specs/gair_fat.adv", "--set", "attack.stepz=20")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (
+        "--set#1:1:1: error: 'attack' has no parameter 'stepz'\n"
+        "  1 | attack.stepz=20\n"
+        "    | ^^^^^^^^^^^^ did you mean 'steps'?\n"
+    )
+
+
+def test_set_without_equals_is_a_one_line_error():
+    done = advc("check", "specs/gair_fat.adv", "--set", "attack.steps")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: override 'attack.steps' has no '='\n  hint: write --set key=value, e.g. attack.steps=20\n"
+    )
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_check_reports_each_bad_spec_and_still_checks_the_good_ones(tmp_path):
+    (tmp_path / "good.adv").write_text((ROOT / "specs" / "madry.adv").read_text())
+    (tmp_path / "bad.adv").write_text("objective bad {\n    threat  lnif(eps = 1)\n}\n")
+    done = advc("check", "bad.adv", "good.adv", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == "good.adv: ok (objective madry)\n"
+    assert done.stderr.startswith("bad.adv:1:11: error: objective 'bad' has no 'attack' clause\n")
+    assert "bad.adv:2:13: error: unknown threat model 'lnif'" in done.stderr
+
+
+# --- `advc check` answers without the heavy machinery -------------------------------------------
+
+HEAVY = {"torch", "torchvision", "accelerate", "jinja2", "numpy"}
+
+PROBE = """
+import sys
+from advc.cli import app
+sys.argv = ["advc", *{argv!r}]
+try:
+    app()
+except SystemExit as done:
+    code = done.code
+print(code, sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}))
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "specs/gair_fat.adv", "--set", "attack.steps=20"],
+    ["check", "specs/gair_fat.adv", "--set", "attack.stepz=20"],
+    ["fmt", "--check", "specs/gair_fat.adv"],
+], ids=["check", "check-error", "fmt"])
+def test_check_and_fmt_do_not_import_torch(argv):
+    """In a fresh interpreter, the command runs to its exit without importing torch and co."""
+    probe = PROBE.format(argv=argv, heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    code, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert heavy == "[]"
+    assert code == ("2" if "stepz" in argv[-1] else "0")
+
+
+# --- docs/language.md: every example checks, every transcript is what advc prints ------------
+
+
+def _doc_steps(text: str):
+    """The doc's ```adv blocks (with the marker comment above them) and ```console blocks, in order."""
+    steps, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        fence = re.fullmatch(r"```(\w+)", lines[i])
+        if not fence:
+            i += 1
+            continue
+        end = lines.index("```", i + 1)
+        body = "\n".join(lines[i + 1 : end]) + "\n"
+        marker = lines[i - 1] if i and lines[i - 1].startswith("<!--") else ""
+        steps.append((fence.group(1), marker, body, i + 1))
+        i = end + 1
+    return steps
+
+
+DOC_STEPS = _doc_steps(DOC.read_text(encoding="utf-8")) if DOC.exists() else []
+
+
+def test_the_language_reference_has_examples_and_transcripts():
+    kinds = [kind for kind, *_ in DOC_STEPS]
+    assert kinds.count("adv") >= 15 and kinds.count("console") >= 4
+
+
+def test_every_adv_block_in_the_reference_says_whether_it_checks():
+    for kind, marker, _, line in DOC_STEPS:
+        if kind == "adv":
+            assert re.fullmatch(r"<!-- check: (ok|ok, unformatted|error) -->", marker), (
+                f"docs/language.md:{line}: an adv block needs <!-- check: ok --> or <!-- check: error --> above it"
+            )
+
+
+def test_the_reference_examples_and_transcripts_are_accurate(tmp_path):
+    """Replays the doc top to bottom in a copy of specs/: writes each example, checks it, runs
+    each `$ advc ...` / `$ cat ...` line and compares with the output printed below it."""
+    (tmp_path / "specs").mkdir()
+    for spec in SPECS:
+        shutil.copy(spec, tmp_path / "specs" / spec.name)
+    for kind, marker, body, line in DOC_STEPS:
+        where = f"docs/language.md:{line}"
+        if kind == "adv":
+            names = re.findall(r"^objective\s+(\w+)", body, flags=re.MULTILINE)
+            assert names, f"{where}: an example without an objective"
+            path = tmp_path / "specs" / f"{names[-1]}.adv"
+            path.write_text(body, encoding="utf-8")
+            if "ok" in marker:
+                try:
+                    check_file(path)
+                except SpecError as err:
+                    pytest.fail(f"{where}: example does not check:\n{err.render()}")
+                if "unformatted" not in marker:
+                    assert format_text(body) == body, f"{where}: example is not in advc fmt's form"
+            else:
+                with pytest.raises(SpecError):
+                    check_file(path)
+        elif kind == "console":
+            _replay(body, tmp_path, where)
+
+
+def _replay(body: str, sandbox: Path, where: str) -> None:
+    commands: list[tuple[str, list[str]]] = []
+    for text in body.splitlines():
+        if text.startswith("$ "):
+            commands.append((text[2:], []))
+        else:
+            assert commands, f"{where}: output before the first command"
+            commands[-1][1].append(text)
+    for command, expected in commands:
+        argv = shlex.split(command)
+        if argv[0] == "advc":
+            done = advc(*argv[1:], cwd=sandbox)
+            out = done.stdout + done.stderr
+            assert "Traceback" not in out
+        elif argv[0] == "cat":
+            out = (sandbox / argv[1]).read_text(encoding="utf-8")
+        else:
+            raise AssertionError(f"{where}: only advc and cat commands are replayed, not {argv[0]}")
+        assert out.splitlines() == expected, f"{where}: `{command}` printed:\n{out}"
