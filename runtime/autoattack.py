@@ -3,16 +3,18 @@
 "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
 attacks" (arXiv:2003.01690) runs four attacks in sequence, each only on the samples that are
 still robust, and counts a sample as robust only if it survives all of them (worst case per
-sample, Sec. 5):
+sample; the paper's "AutoAttack" section):
 
-1. **APGD-CE** -- Auto-PGD on the cross-entropy, 100 iterations, 1 restart (Sec. 3).
-2. **APGD-T** -- Auto-PGD on the targeted DLR loss (Sec. 4, Eq. 5), once for each of the
-   9 most likely wrong classes (``num_classes - 1`` when fewer exist), 100 iterations each.
+1. **APGD-CE** -- Auto-PGD on the cross-entropy, 100 iterations, 1 restart ("Auto-PGD"
+   section: momentum and a budget-aware step-size schedule instead of a tuned step).
+2. **APGD-T** -- Auto-PGD on the targeted DLR loss ("An alternative loss" section), once
+   for each of the 9 most likely wrong classes (``num_classes - 1`` when fewer exist),
+   100 iterations each.
 3. **FAB-T** -- the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020,
    "Minimally distorted adversarial examples with a fast adaptive boundary attack",
-   arXiv:1907.02044, Sec. 3), 9 targets, 100 iterations each.
+   arXiv:1907.02044), 9 targets, 100 iterations each.
 4. **Square** -- the score-based black-box Square Attack (Andriushchenko et al., ECCV 2020,
-   arXiv:1912.00049, Sec. 3.2 for L-inf), 5000 queries, p_init = 0.8.
+   arXiv:1912.00049, its L-inf algorithm), 5000 queries, p_init = 0.8.
 
 Hyperparameters are those of the published standard version (``fra31/auto-attack``,
 ``set_version('standard')``); where the reference code and the paper differ in a detail the
@@ -32,20 +34,22 @@ so parameter ``.grad`` is never touched; the model runs in eval mode and its mod
 restored afterwards.
 
 L-inf is complete. L2 is supported by APGD-CE, APGD-T and FAB-T; Square-L2 (a different
-search distribution, Sec. 3.3 of the Square paper) is not implemented, so the standard
+search distribution in the Square paper) is not implemented, so the standard
 version under L2 raises ``ValueError`` unless ``attacks`` leaves Square out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from advc.runtime.attacks import ascent_step, attack_loss, margin, per_sample_norm, project
 from torch import nn
+
+from advc.runtime.attacks import ascent_step, attack_loss, margin, per_sample_norm, project
 
 __all__ = [
     "STANDARD_ATTACKS",
@@ -64,7 +68,7 @@ __all__ = [
     "square",
 ]
 
-#: The standard version's attacks, in the order they run (AutoAttack paper, Sec. 5).
+#: The standard version's attacks, in the order they run.
 STANDARD_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 _TINY = 1e-12
@@ -142,12 +146,13 @@ def _default_generator(x: torch.Tensor, generator: torch.Generator | None, seed:
 
 
 # --------------------------------------------------------------------------------------
-# DLR losses (AutoAttack paper, Sec. 4)
+# DLR losses (AutoAttack paper, "An alternative loss")
 # --------------------------------------------------------------------------------------
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference of Logits Ratio, Eq. (4): -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3).
+    """Difference of Logits Ratio: -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3), pi sorting the
+    logits in decreasing order.
 
     Shift- and scale-invariant in the logits, which is why AutoAttack uses it next to the CE:
     a defence that merely rescales its logits cannot flatten it. Needs at least 3 classes.
@@ -158,7 +163,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR, Eq. (5): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
+    """Targeted DLR: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
 
     With fewer than 4 classes the denominator does not exist; the loss is then the plain
     targeted logit difference z_t - z_y (the numerator alone), which loses the scale
@@ -188,17 +193,18 @@ def _n_targets(model: nn.Module, x: torch.Tensor, n_targets: int | None) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# APGD (AutoAttack paper, Sec. 3)
+# APGD (AutoAttack paper, "Auto-PGD")
 # --------------------------------------------------------------------------------------
 
 
 def checkpoint_schedule(steps: int) -> list[tuple[int, int]]:
     """The checkpoints w_j at which APGD may halve its step size, as (iteration, window).
 
-    Sec. 3.2: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j =
-    ceil(p_j * N_iter). Computed with the reference code's integer arithmetic (first window
-    int(0.22 N), each next one int(0.03 N) shorter, never below int(0.06 N), all >= 1), which
-    for N = 100 gives 22, 41, 57, 70, 80, 87, 93, 99. ``window`` = w_j - w_{j-1}.
+    Step-size selection of Auto-PGD: p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j * N_iter).
+    Computed with the reference code's integer arithmetic (first window int(0.22 N), each
+    next one int(0.03 N) shorter, never below int(0.06 N), all >= 1), which for N = 100
+    gives 22, 41, 57, 70, 80, 87, 93, 99. ``window`` = w_j - w_{j-1}.
     """
     first = max(int(0.22 * steps), 1)
     shrink = max(int(0.03 * steps), 1)
@@ -239,9 +245,10 @@ def _apgd_run(
     momentum: float,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run (Algorithm 1) on a batch; returns (adversarial points, fooled mask).
+    """One APGD run (the paper's APGD algorithm) on a batch; returns (adversarial points,
+    fooled mask).
 
-    Update, Eq. (2): z = P(x_k + eta * step(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)
+    Update with momentum: z = P(x_k + eta * step(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)
     (x_k - x_{k-1})) with a = ``momentum`` (0.75), except a = 1 at the first iteration.
     Step size eta starts at 2 eps and is halved per sample at a checkpoint w_j when
     Condition 1 (the loss increased in at most a fraction ``rho`` of the steps since w_{j-1};
@@ -255,7 +262,9 @@ def _apgd_run(
     x_found = x_adv.clone()  # latest misclassified iterate, returned for fooled samples
     x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
 
-    eta = torch.full((x.shape[0],) + (1,) * (x.dim() - 1), 2.0 * eps, device=x.device, dtype=x.dtype)
+    eta = torch.full(
+        (x.shape[0],) + (1,) * (x.dim() - 1), 2.0 * eps, device=x.device, dtype=x.dtype
+    )
     x_prev = x_adv
     history = [loss]  # f(x^0), f(x^1), ...: Condition 1 counts increases along it
     checkpoints = dict(checkpoint_schedule(steps))
@@ -310,7 +319,7 @@ def apgd(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """APGD-CE (``loss="ce"``, the shared CE of :func:`attack_loss`) or APGD-DLR
-    (``loss="dlr"``, Eq. 4); AutoAttack's standard version uses 1 restart of APGD-CE.
+    (``loss="dlr"``, :func:`dlr_loss`); AutoAttack's standard version uses 1 restart of APGD-CE.
 
     Returns adversarial points: for a sample that any restart fooled, a misclassified point
     in the ball; otherwise the highest-loss point found. Restarts run only on samples still
@@ -328,14 +337,22 @@ def apgd(
                 break
             yy = y[idx]
             if loss == "ce":
-                loss_fn = lambda z, yy=yy: attack_loss("ce", z, yy)
+                loss_fn = functools.partial(attack_loss, "ce", y=yy)
             elif loss == "dlr":
-                loss_fn = lambda z, yy=yy: dlr_loss(z, yy)
+                loss_fn = functools.partial(dlr_loss, y=yy)
             else:
                 raise ValueError(f"unknown APGD loss {loss!r}: expected 'ce' or 'dlr'")
             adv, fooled = _apgd_run(
-                model, x[idx], yy, loss_fn, eps=eps, norm=norm, steps=steps, rho=rho,
-                momentum=momentum, generator=generator,
+                model,
+                x[idx],
+                yy,
+                loss_fn,
+                eps=eps,
+                norm=norm,
+                steps=steps,
+                rho=rho,
+                momentum=momentum,
+                generator=generator,
             )
             x_adv[idx] = adv
             robust[idx[fooled]] = False
@@ -356,10 +373,10 @@ def apgd_targeted(
     momentum: float = 0.75,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """APGD-T: APGD on the targeted DLR loss (Eq. 5), once per target class.
+    """APGD-T: APGD on the targeted DLR loss, once per target class.
 
-    Targets are the 2nd, 3rd, ... most likely classes on the clean input (Sec. 4: "the
-    top-9 classes, excluding the correct one"), ``min(n_targets, num_classes - 1)`` of them;
+    Targets are the 2nd, 3rd, ... most likely classes on the clean input (the paper uses
+    the top 9 classes other than the correct one), ``min(n_targets, num_classes - 1)`` of them;
     each runs only on the samples no earlier target has fooled.
     """
     _check_norm(norm)
@@ -375,10 +392,18 @@ def apgd_targeted(
                     return x_adv
                 yy = y[idx]
                 target = _target_classes(model, x[idx], rank)
-                loss_fn = lambda z, yy=yy, t=target: dlr_targeted_loss(z, yy, t)
+                loss_fn = functools.partial(dlr_targeted_loss, y=yy, target=target)
                 adv, fooled = _apgd_run(
-                    model, x[idx], yy, loss_fn, eps=eps, norm=norm, steps=steps, rho=rho,
-                    momentum=momentum, generator=generator,
+                    model,
+                    x[idx],
+                    yy,
+                    loss_fn,
+                    eps=eps,
+                    norm=norm,
+                    steps=steps,
+                    rho=rho,
+                    momentum=momentum,
+                    generator=generator,
                 )
                 x_adv[idx[fooled]] = adv[fooled]
                 robust[idx[fooled]] = False
@@ -386,7 +411,7 @@ def apgd_targeted(
 
 
 # --------------------------------------------------------------------------------------
-# FAB-T (FAB paper, Sec. 3)
+# FAB-T (FAB paper)
 # --------------------------------------------------------------------------------------
 
 
@@ -395,7 +420,8 @@ def _project_hyperplane_box(
 ) -> torch.Tensor:
     """Minimal-norm displacement d with <w, t + d> = b and t + d in [0, 1]^d, per row.
 
-    FAB's projection step (FAB paper Sec. 3.1, Eq. 4-5; solved exactly, by sorting, for
+    FAB's projection step (the FAB paper's projection onto a hyperplane intersected with
+    the box; solved exactly, by sorting, for
     L-inf and L2). Write r = <w, t> - b and flip signs so that r >= 0: the cheapest way to
     lower <w, x> by r moves coordinate i against sign(w_i) by m_i(lambda) = min(lambda c_i,
     p_i), where p_i is its distance to the box face in that direction and c_i = 1 (L-inf:
@@ -440,15 +466,16 @@ def _fab_run(
     eta: float,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One targeted FAB run (FAB paper Algorithm 1, no random start as in AutoAttack's
+    """One targeted FAB run (the FAB algorithm; no random start, as in AutoAttack's
     single FAB-T restart); returns (closest adversarial found, its distance or +inf).
 
     Each iteration linearises f = z_t - z_y at x_i into the hyperplane <w, x> = b, projects
     both x_i and the original x_0 onto it (intersected with the box), and steps to the
     biased combination (1 - a)(x_i + eta d_i) + a (x_0 + eta d_0) with a =
-    min(|d_i| / (|d_i| + |d_0|), alpha_max) (Eq. 8-9; eta = 1.05 overshoots the boundary).
+    min(|d_i| / (|d_i| + |d_0|), alpha_max) (the biased gradient step; eta = 1.05
+    overshoots the boundary).
     A step that lands on the wrong side is recorded if it is the closest so far and then
-    pulled back towards x_0 by beta = 0.9 (Sec. 3.2, "backward step").
+    pulled back towards x_0 by beta = 0.9 (FAB's "backward step").
     """
     n = x0.shape[0]
     flat0 = x0.flatten(1)
@@ -457,13 +484,17 @@ def _fab_run(
     best_dist = torch.full((n,), math.inf, device=x0.device, dtype=x0.dtype)
 
     def hyperplane_gap(logits: torch.Tensor) -> torch.Tensor:
-        return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+        return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(
+            1
+        )
 
     for _ in range(steps):
         _, f, g = loss_and_input_grad(model, x1, hyperplane_gap)
         w = g.flatten(1)
         b = (w * x1.flatten(1)).sum(dim=1) - f
-        d = _project_hyperplane_box(torch.cat([x1.flatten(1), flat0]), w.repeat(2, 1), b.repeat(2), norm)
+        d = _project_hyperplane_box(
+            torch.cat([x1.flatten(1), flat0]), w.repeat(2, 1), b.repeat(2), norm
+        )
         d1, d0 = d[:n], d[n:]
         a1 = _dist(d1, norm).clamp_min(1e-8)
         a0 = _dist(d0, norm).clamp_min(1e-8)
@@ -511,8 +542,15 @@ def fab_targeted(
                 break
             target = _target_classes(model, x[idx], rank)
             adv, dist = _fab_run(
-                model, x[idx], y[idx], target, norm=norm, steps=steps,
-                alpha_max=alpha_max, eta=eta, beta=beta,
+                model,
+                x[idx],
+                y[idx],
+                target,
+                norm=norm,
+                steps=steps,
+                alpha_max=alpha_max,
+                eta=eta,
+                beta=beta,
             )
             ok = dist <= eps
             x_adv[idx[ok]] = adv[ok]
@@ -521,7 +559,7 @@ def fab_targeted(
 
 
 # --------------------------------------------------------------------------------------
-# Square Attack, L-inf (Square paper, Sec. 3.2 and Algorithm 2)
+# Square Attack, L-inf (Square paper, the L-inf algorithm)
 # --------------------------------------------------------------------------------------
 
 
@@ -550,17 +588,22 @@ def square(
 ) -> torch.Tensor:
     """Square Attack (L-inf): random search over vertical-stripe and square perturbations.
 
-    Initialisation: x + eps * (a random sign per column and channel), "vertical stripes"
-    (Sec. 3.2). Each iteration draws, per still-robust sample, an s x s window (s =
-    round(sqrt(p * H * W)), p from :func:`_square_p`) at a uniform position and a random sign
-    per channel, sets the window to x +- eps (via the shared :func:`project`), and keeps the
-    candidate if it lowers the margin loss z_y - max_{j != y} z_j (the negated
-    :func:`margin`). A sample stops once misclassified. Uses only the model's outputs:
+    Initialisation: x + eps * (a random sign per column and channel), the "vertical
+    stripes". Each iteration draws, per still-robust sample, an s x s window (s =
+    round(sqrt(p * H * W)), p from :func:`_square_p`) at a uniform position and a random
+    sign per channel, sets the window to x +- eps (via the shared :func:`project`), and
+    keeps the candidate if it lowers the margin loss z_y - max_{j != y} z_j (the negated
+    :func:`margin`). A sample stops once misclassified. It uses only the model's outputs:
     that is why it is AutoAttack's guard against gradient masking.
 
     Inputs are (B, C, H, W) images; a (B, D) batch is treated as a 1 x 1 x D image.
-    Windows and signs are drawn per sample (Algorithm 2); the reference code shares one
-    window per iteration across the batch, which has the same per-sample distribution.
+
+    Two details differ from the reference code, both following the paper: windows and
+    signs are drawn per sample (the reference draws one window per iteration for the whole
+    batch: same per-sample distribution), and a window may sit at any of the H - s + 1
+    positions (the reference's ``random_int(0, h - s)`` never picks the last one, so it
+    never moves the bottom row or right column after the initialisation; on tiny images
+    this makes this Square measurably stronger than the reference's).
     """
     if norm != "linf":
         raise ValueError("Square attack: only the L-inf version is implemented")
@@ -602,7 +645,9 @@ def square(
             in_cols = (cols[None, :] >= left[:, None]) & (cols[None, :] < left[:, None] + sw)
             window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None].to(x.dtype)
             x_cur = x_img[idx]
-            cand = project(best[idx] + 2.0 * eps * rand_sign(m, c, 1, 1) * window, x_cur, eps, "linf")
+            cand = project(
+                best[idx] + 2.0 * eps * rand_sign(m, c, 1, 1) * window, x_cur, eps, "linf"
+            )
             cand_margin = margin_of(cand, y[idx])
             better = cand_margin > best_margin[idx]
             best[idx] = torch.where(_bcast(better, cand), cand, best[idx])
@@ -632,7 +677,7 @@ class AutoAttackResult:
     @property
     def accuracy(self) -> float:
         """Robust accuracy in percent."""
-        return 100.0 * self.robust.float().mean().item() if self.robust.numel() else 0.0
+        return 100.0 * int(self.robust.sum()) / self.robust.numel() if self.robust.numel() else 0.0
 
 
 def run_autoattack(
@@ -652,7 +697,7 @@ def run_autoattack(
     generator: torch.Generator | None = None,
     seed: int = 0,
 ) -> AutoAttackResult:
-    """AutoAttack's standard evaluation (AutoAttack paper, Sec. 5): clean accuracy, then
+    """AutoAttack's standard evaluation: clean accuracy, then
     APGD-CE, APGD-T, FAB-T and Square in turn, each on the samples still robust.
 
     ``steps`` is the iteration count of APGD and FAB (100 in the standard version),
@@ -674,19 +719,39 @@ def run_autoattack(
     generator = _default_generator(x, generator, seed)
     components: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
         "apgd-ce": lambda xs, ys: apgd(
-            model, xs, ys, eps=eps, norm=norm, loss="ce", steps=steps, restarts=1,
+            model,
+            xs,
+            ys,
+            eps=eps,
+            norm=norm,
+            loss="ce",
+            steps=steps,
+            restarts=1,
             generator=generator,
         ),
         "apgd-t": lambda xs, ys: apgd_targeted(
-            model, xs, ys, eps=eps, norm=norm, steps=steps, n_targets=n_targets,
+            model,
+            xs,
+            ys,
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            n_targets=n_targets,
             generator=generator,
         ),
         "fab-t": lambda xs, ys: fab_targeted(
             model, xs, ys, eps=eps, norm=norm, steps=steps, n_targets=n_targets
         ),
         "square": lambda xs, ys: square(
-            model, xs, ys, eps=eps, norm=norm, queries=square_queries, p_init=square_p_init,
-            rescale_schedule=rescale_schedule, generator=generator,
+            model,
+            xs,
+            ys,
+            eps=eps,
+            norm=norm,
+            queries=square_queries,
+            p_init=square_p_init,
+            rescale_schedule=rescale_schedule,
+            generator=generator,
         ),
     }
     with eval_mode(model):
@@ -705,6 +770,8 @@ def run_autoattack(
     return AutoAttackResult(x_adv=x_adv, robust=robust, robust_after=counts)
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, **kwargs) -> torch.Tensor:
+def autoattack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, **kwargs
+) -> torch.Tensor:
     """The adversarial points of :func:`run_autoattack` (same keyword arguments)."""
     return run_autoattack(model, x, y, eps=eps, **kwargs).x_adv

@@ -25,7 +25,8 @@ The evaluation ε is the caller's (the spec's threat); an :class:`AttackConfig` 
 it. Accuracies are percentages (0-100), as in the papers.
 
 :func:`sanity_checks` runs the standard tests against gradient masking (Carlini et al. 2019,
-"On evaluating adversarial robustness", Sec. 5; the AutoAttack paper, Sec. 6): an attack
+"On evaluating adversarial robustness"; the AutoAttack paper's discussion of flawed
+evaluations): an attack
 that seems to work only because gradients are useless shows up as a black-box attack
 beating the white-box one, accuracy not falling as ε grows, or an unbounded attack failing.
 """
@@ -41,11 +42,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from advc.runtime import autoattack as aa
-from advc.runtime.attacks import ascent_step, attack_loss, project, random_start
 from torch import nn
 
 from advc.errors import UserError
+from advc.runtime import autoattack as aa
+from advc.runtime.attacks import ascent_step, attack_loss, project, random_start
 
 __all__ = [
     "ATTACK_NAMES",
@@ -128,8 +129,17 @@ def pgd(
             if idx.numel() == 0:
                 break
             adv = _pgd_run(
-                model, x[idx], y[idx], eps=eps, norm=norm, steps=steps, step_size=step_size,
-                loss=loss, init=init, confidence=confidence, generator=generator,
+                model,
+                x[idx],
+                y[idx],
+                eps=eps,
+                norm=norm,
+                steps=steps,
+                step_size=step_size,
+                loss=loss,
+                init=init,
+                confidence=confidence,
+                generator=generator,
             )
             x_adv[idx] = adv
             robust[idx[aa.predict_labels(model, adv) != y[idx]]] = False
@@ -154,7 +164,9 @@ def fgsm(
     """FGSM as FAT / GAIRAT evaluate it: one CE step of size eps from a uniform random
     start (``rand_init=True``), projected back. ``init="none"`` is the classic FGSM of
     Goodfellow et al., optimal against a linear model."""
-    return pgd(model, x, y, eps=eps, norm=norm, steps=1, step_size=eps, init=init, generator=generator)
+    return pgd(
+        model, x, y, eps=eps, norm=norm, steps=1, step_size=eps, init=init, generator=generator
+    )
 
 
 def cw(
@@ -174,8 +186,18 @@ def cw(
     """CW∞ of the FAT / GAIRAT tables: PGD on the CW margin loss
     ``attack_loss("cw", confidence=50)``, 30 steps of eps/4 from a uniform start."""
     return pgd(
-        model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
-        loss="cw", init=init, confidence=confidence, generator=generator,
+        model,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        steps=steps,
+        step_size=step_size,
+        restarts=restarts,
+        loss="cw",
+        init=init,
+        confidence=confidence,
+        generator=generator,
     )
 
 
@@ -189,8 +211,9 @@ def autoattack(
     generator: torch.Generator | None = None,
     **options: Any,
 ) -> torch.Tensor:
-    """AutoAttack, standard version; ``options`` go to :func:`advc.runtime.autoattack.run_autoattack`
-    (``steps``, ``n_targets``, ``square_queries``, ``rescale_schedule``, ``attacks``)."""
+    """AutoAttack, standard version. ``options`` go to
+    :func:`advc.runtime.autoattack.run_autoattack` (``steps``, ``n_targets``,
+    ``square_queries``, ``rescale_schedule``, ``attacks``)."""
     return aa.autoattack(model, x, y, eps=eps, norm=norm, generator=generator, **options)
 
 
@@ -204,7 +227,11 @@ _ATTACKS: dict[str, tuple[str, int | None, frozenset[str]]] = {
     "fgsm": ("FGSM", 1, frozenset({"init"})),
     "pgd": ("PGD", 20, frozenset({"loss", "init", "confidence"})),
     "cw": ("CW∞", 30, frozenset({"init", "confidence"})),
-    "autoattack": ("AA", 100, frozenset({"version", "n_targets", "square_queries", "rescale_schedule", "attacks"})),
+    "autoattack": (
+        "AA",
+        100,
+        frozenset({"version", "n_targets", "square_queries", "rescale_schedule", "attacks"}),
+    ),
     "apgd-ce": ("APGD-CE", 100, frozenset()),
     "apgd-t": ("APGD-T", 100, frozenset({"n_targets"})),
     "fab-t": ("FAB-T", 100, frozenset({"n_targets"})),
@@ -255,24 +282,69 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean {close[0]!r}?" if close else None
 
 
+def _is_int(v: Any, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _bad_parameter(key: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for the attack parameter ``key`` (None if it is)."""
+    if key == "init" and value not in ("uniform", "none", "normal"):
+        return "must be 'uniform', 'none' or 'normal'"
+    if key == "loss" and value not in ("ce", "cw"):
+        return "must be 'ce' or 'cw'"
+    if key == "version" and value != "standard":
+        return "must be 'standard' (the only AutoAttack version implemented)"
+    if key == "attacks" and (
+        isinstance(value, str) or not all(a in aa.STANDARD_ATTACKS for a in value)
+    ):
+        return f"must be a list drawn from {', '.join(aa.STANDARD_ATTACKS)}"
+    if key in ("n_targets", "square_queries") and not _is_int(value, 1):
+        return "must be a whole number >= 1"
+    if key == "confidence" and not (_is_number(value) and value >= 0):
+        return "must be a number >= 0"
+    if key == "p_init" and not (_is_number(value) and 0 < value <= 1):
+        return "must be a number in (0, 1]"
+    if key == "rescale_schedule" and not isinstance(value, bool):
+        return "must be true or false"
+    return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _as_config(item: Any, position: int) -> AttackConfig:
     where = f"evaluation attack #{position + 1}"
     if isinstance(item, AttackConfig):
-        item = {"name": item.name, "steps": item.steps, "step_size": item.step_size,
-                "eps": item.eps, "restarts": item.restarts, "params": dict(item.params)}
+        item = {
+            "name": item.name,
+            "steps": item.steps,
+            "step_size": item.step_size,
+            "eps": item.eps,
+            "restarts": item.restarts,
+            "params": dict(item.params),
+        }
     elif isinstance(item, str):
         item = {"name": item}
     if not isinstance(item, Mapping):
-        raise UserError(f"an evaluation attack must be a name or a mapping, got {item!r}", where=where)
+        raise UserError(
+            f"an evaluation attack must be a name or a mapping, got {item!r}", where=where
+        )
     item = dict(item)
     name = item.pop("name", None)
     if not isinstance(name, str):
-        raise UserError("an evaluation attack needs a 'name'", where=where,
-                        hint=f"one of {', '.join(ATTACK_NAMES)}")
+        raise UserError(
+            "an evaluation attack needs a 'name'",
+            where=where,
+            hint=f"one of {', '.join(ATTACK_NAMES)}",
+        )
     name = name.lower().replace("_", "-")
     if name not in _ATTACKS:
-        raise UserError(f"unknown evaluation attack {name!r}", where=where,
-                        hint=_did_you_mean(name, ATTACK_NAMES) or f"one of {', '.join(ATTACK_NAMES)}")
+        raise UserError(
+            f"unknown evaluation attack {name!r}",
+            where=where,
+            hint=_did_you_mean(name, ATTACK_NAMES) or f"one of {', '.join(ATTACK_NAMES)}",
+        )
     params = dict(item.pop("params", None) or {})
     fields = {k: item.pop(k) for k in ("steps", "step_size", "eps", "restarts") if k in item}
     params.update(item)  # any other key is an attack-specific parameter
@@ -280,8 +352,16 @@ def _as_config(item: Any, position: int) -> AttackConfig:
     for key in params:
         if key not in allowed:
             hint = _did_you_mean(key, allowed | {"steps", "step_size", "eps", "restarts"})
-            raise UserError(f"attack {name!r} has no parameter {key!r}", where=where,
-                            hint=hint or (f"it accepts {', '.join(sorted(allowed))}" if allowed else None))
+            raise UserError(
+                f"attack {name!r} has no parameter {key!r}",
+                where=where,
+                hint=hint or (f"it accepts {', '.join(sorted(allowed))}" if allowed else None),
+            )
+
+    for key, value in params.items():
+        problem = _bad_parameter(key, value)
+        if problem:
+            raise UserError(f"attack {name!r}: {key} {problem}, got {value!r}", where=where)
 
     def number(key: str, kind: type, minimum: float, *, allow_none: bool = True):
         value = fields.get(key)
@@ -291,8 +371,11 @@ def _as_config(item: Any, position: int) -> AttackConfig:
         if ok and kind is int:
             ok = float(value).is_integer()
         if not ok or not math.isfinite(value) or value < minimum:
-            raise UserError(f"attack {name!r}: {key} must be a {'whole ' if kind is int else ''}"
-                            f"number >= {minimum:g}, got {value!r}", where=where)
+            raise UserError(
+                f"attack {name!r}: {key} must be a {'whole ' if kind is int else ''}"
+                f"number >= {minimum:g}, got {value!r}",
+                where=where,
+            )
         return kind(value)
 
     restarts = number("restarts", int, 1, allow_none=False) if "restarts" in fields else 1
@@ -318,8 +401,10 @@ def parse_attack_list(items: Iterable[Any]) -> list[AttackConfig]:
     seen: dict[str, int] = {}
     for i, cfg in enumerate(configs):
         if cfg.label in seen:
-            raise UserError(f"two evaluation attacks share the column {cfg.label!r}",
-                            where=f"evaluation attacks #{seen[cfg.label] + 1} and #{i + 1}")
+            raise UserError(
+                f"two evaluation attacks share the column {cfg.label!r}",
+                where=f"evaluation attacks #{seen[cfg.label] + 1} and #{i + 1}",
+            )
         seen[cfg.label] = i
     return configs
 
@@ -354,38 +439,93 @@ def _attack_batch(
     if name == "natural":
         return natural(model, x, y)
     if name == "fgsm":
-        return fgsm(model, x, y, eps=eps, norm=norm, init=p.get("init", "uniform"), generator=generator)
+        step = eps if attack.step_size is None else attack.step_size
+        return pgd(
+            model,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
+            steps=steps or 1,
+            step_size=step,
+            init=p.get("init", "uniform"),
+            generator=generator,
+        )
     if name in ("pgd", "cw"):
         return pgd(
-            model, x, y, eps=eps, norm=norm,
+            model,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
             steps=steps if steps is not None else _ATTACKS[name][1],
-            step_size=attack.step_size, restarts=attack.restarts,
-            loss=p.get("loss", "cw" if name == "cw" else "ce"), init=p.get("init", "uniform"),
-            confidence=float(p.get("confidence", 50.0)), generator=generator,
+            step_size=attack.step_size,
+            restarts=attack.restarts,
+            loss=p.get("loss", "cw" if name == "cw" else "ce"),
+            init=p.get("init", "uniform"),
+            confidence=float(p.get("confidence", 50.0)),
+            generator=generator,
         )
     if name == "autoattack":
-        options = {k: p[k] for k in ("version", "n_targets", "square_queries", "rescale_schedule") if k in p}
+        options = {
+            k: p[k]
+            for k in ("version", "n_targets", "square_queries", "rescale_schedule")
+            if k in p
+        }
         if "attacks" in p:
             options["attacks"] = tuple(p["attacks"])
-        return autoattack(model, x, y, eps=eps, norm=norm, steps=steps or 100, generator=generator, **options)
+        return autoattack(
+            model, x, y, eps=eps, norm=norm, steps=steps or 100, generator=generator, **options
+        )
     if name == "apgd-ce":
-        return aa.apgd(model, x, y, eps=eps, norm=norm, steps=steps or 100, restarts=attack.restarts,
-                       generator=generator)
+        return aa.apgd(
+            model,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
+            steps=steps or 100,
+            restarts=attack.restarts,
+            generator=generator,
+        )
     if name == "apgd-t":
-        return aa.apgd_targeted(model, x, y, eps=eps, norm=norm, steps=steps or 100,
-                                n_targets=p.get("n_targets", 9), generator=generator)
+        return aa.apgd_targeted(
+            model,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
+            steps=steps or 100,
+            n_targets=p.get("n_targets", 9),
+            generator=generator,
+        )
     if name == "fab-t":
-        return aa.fab_targeted(model, x, y, eps=eps, norm=norm, steps=steps or 100,
-                               n_targets=p.get("n_targets", 9))
+        return aa.fab_targeted(
+            model, x, y, eps=eps, norm=norm, steps=steps or 100, n_targets=p.get("n_targets", 9)
+        )
     if name == "square":
-        return aa.square(model, x, y, eps=eps, norm=norm, queries=steps or 5000,
-                         p_init=float(p.get("p_init", 0.8)),
-                         rescale_schedule=bool(p.get("rescale_schedule", False)), generator=generator)
+        return aa.square(
+            model,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
+            queries=steps or 5000,
+            p_init=float(p.get("p_init", 0.8)),
+            rescale_schedule=bool(p.get("rescale_schedule", False)),
+            generator=generator,
+        )
     raise ValueError(f"unknown attack {name!r}")  # pragma: no cover - parse_attack_list rejects it
 
 
+def _percent(correct: torch.Tensor) -> float:
+    """Accuracy in percent, counted in integers so that 72 of 100 prints as 72.0 exactly."""
+    return 100.0 * int(correct.sum()) / correct.numel() if correct.numel() else 0.0
+
+
 def _config(attack: AttackConfig | Mapping[str, Any] | str) -> AttackConfig:
-    return attack if isinstance(attack, AttackConfig) else parse_attack_list([attack])[0]
+    """Validate an attack however it was given (AttackConfig objects too)."""
+    return parse_attack_list([attack])[0]
 
 
 def robust_flags(
@@ -434,8 +574,9 @@ def adversarial_examples(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The adversarial batch of ``attack`` (see :func:`robust_flags`)."""
-    return robust_flags(model, x, y, attack, eps=eps, norm=norm, batch_size=batch_size,
-                        generator=generator)[0]
+    return robust_flags(
+        model, x, y, attack, eps=eps, norm=norm, batch_size=batch_size, generator=generator
+    )[0]
 
 
 def robust_accuracy(
@@ -450,9 +591,10 @@ def robust_accuracy(
     generator: torch.Generator | None = None,
 ) -> float:
     """Accuracy in percent (0-100) of ``model`` on ``attack``'s adversarial examples."""
-    _, correct = robust_flags(model, x, y, attack, eps=eps, norm=norm, batch_size=batch_size,
-                              generator=generator)
-    return 100.0 * correct.float().mean().item() if correct.numel() else 0.0
+    _, correct = robust_flags(
+        model, x, y, attack, eps=eps, norm=norm, batch_size=batch_size, generator=generator
+    )
+    return _percent(correct)
 
 
 def evaluate_model(
@@ -475,8 +617,10 @@ def evaluate_model(
         x, y = x[:n], y[:n]
     results: dict[str, float] = {}
     for cfg in configs:
-        _, correct = robust_flags(model, x, y, cfg, eps=eps, norm=norm, batch_size=batch_size, seed=seed)
-        results[cfg.label] = 100.0 * correct.float().mean().item() if correct.numel() else 0.0
+        _, correct = robust_flags(
+            model, x, y, cfg, eps=eps, norm=norm, batch_size=batch_size, seed=seed
+        )
+        results[cfg.label] = _percent(correct)
     return results
 
 
@@ -527,7 +671,7 @@ def sanity_checks(
     4. ``autoattack-strongest``: AA is at most every other column.
     5. ``black-box-not-stronger``: the black-box Square attack is not more than
        ``black_box_margin`` points below white-box PGD-20; a score-based attack beating the
-       gradient is the classic symptom of masked gradients (AutoAttack paper, Sec. 6).
+       gradient is the classic symptom of masked gradients (Carlini et al. 2019).
     6. ``unbounded-reaches-chance``: PGD-20 with ε covering the whole box (1 for L-inf, √d
        for L2) brings accuracy down to chance level (100 / classes) or below.
 
@@ -545,9 +689,10 @@ def sanity_checks(
     tol_sub = max(tolerance, 100.0 / m)
 
     def acc(attack: AttackConfig, *, at_eps: float) -> float:
-        _, correct = robust_flags(model, xs, ys, attack, eps=at_eps, norm=norm,
-                                  batch_size=batch_size, seed=seed)
-        return 100.0 * correct.float().mean().item() if correct.numel() else 0.0
+        _, correct = robust_flags(
+            model, xs, ys, attack, eps=at_eps, norm=norm, batch_size=batch_size, seed=seed
+        )
+        return _percent(correct)
 
     pgd20 = AttackConfig("pgd", steps=20)
     nat = acc(AttackConfig("natural"), at_eps=eps)
@@ -555,29 +700,45 @@ def sanity_checks(
     # 1. eps = 0
     at_zero = acc(pgd20, at_eps=0.0)
     ok = abs(at_zero - nat) <= 1e-9
-    checks.append(Check(
-        "eps0-equals-natural", "pass" if ok else "warn",
-        f"PGD-20 at ε=0: {_fmt(at_zero)}, natural: {_fmt(nat)} (first {xs.shape[0]} samples)"
-        + ("" if ok else " -- the model is not deterministic in eval mode, or the attack moves at ε=0"),
-    ))
+    checks.append(
+        Check(
+            "eps0-equals-natural",
+            "pass" if ok else "warn",
+            f"PGD-20 at ε=0: {_fmt(at_zero)}, natural: {_fmt(nat)} (first {xs.shape[0]} samples)"
+            + (
+                ""
+                if ok
+                else " -- the model is not deterministic in eval mode, or the attack moves at ε=0"
+            ),
+        )
+    )
 
     # 2. eps sweep
     grid = [0.0, eps / 4, eps / 2, eps, 2 * eps]
     sweep = [at_zero] + [acc(pgd20, at_eps=e) for e in grid[1:]]
-    rises = [(grid[i], grid[i + 1]) for i in range(len(grid) - 1) if sweep[i + 1] > sweep[i] + tol_sub]
+    rises = [
+        (grid[i], grid[i + 1]) for i in range(len(grid) - 1) if sweep[i + 1] > sweep[i] + tol_sub
+    ]
     curve = ", ".join(f"ε={e:.4g}: {_fmt(a)}" for e, a in zip(grid, sweep))
-    checks.append(Check(
-        "monotone-in-eps", "warn" if rises else "pass",
-        f"PGD-20 accuracy {curve}"
-        + (f" -- rises between ε={rises[0][0]:.4g} and ε={rises[0][1]:.4g}" if rises else ""),
-    ))
+    checks.append(
+        Check(
+            "monotone-in-eps",
+            "warn" if rises else "pass",
+            f"PGD-20 accuracy {curve}"
+            + (f" -- rises between ε={rises[0][0]:.4g} and ε={rises[0][1]:.4g}" if rises else ""),
+        )
+    )
 
     # 3. more PGD steps never help the model
     pgd_cols = sorted(
         (int(mt.group(1)), label) for label in results if (mt := re.fullmatch(r"PGD-(\d+)", label))
     )
     if len(pgd_cols) >= 2:
-        bad = [(a, b) for a, b in itertools.pairwise(pgd_cols) if results[b[1]] > results[a[1]] + tol_full]
+        bad = [
+            (a, b)
+            for a, b in itertools.pairwise(pgd_cols)
+            if results[b[1]] > results[a[1]] + tol_full
+        ]
         detail = ", ".join(f"{label}: {_fmt(results[label])}" for _, label in pgd_cols)
         if bad:
             detail += f" -- {bad[0][1][1]} is weaker than {bad[0][0][1]}"
@@ -586,12 +747,18 @@ def sanity_checks(
     # 4. AutoAttack is the strongest column
     if "AA" in results:
         beaten = [k for k, v in results.items() if k != "AA" and results["AA"] > v + tol_full]
-        checks.append(Check(
-            "autoattack-strongest", "warn" if beaten else "pass",
-            f"AA: {_fmt(results['AA'])}"
-            + (f" -- above {', '.join(f'{k} ({_fmt(results[k])})' for k in beaten)}" if beaten
-               else f", at most every other column ({len(results) - 1})"),
-        ))
+        checks.append(
+            Check(
+                "autoattack-strongest",
+                "warn" if beaten else "pass",
+                f"AA: {_fmt(results['AA'])}"
+                + (
+                    f" -- above {', '.join(f'{k} ({_fmt(results[k])})' for k in beaten)}"
+                    if beaten
+                    else f", at most every other column ({len(results) - 1})"
+                ),
+            )
+        )
 
     # 5. black box vs white box
     if norm == "linf":
@@ -599,13 +766,24 @@ def sanity_checks(
             sq, white, where, tol = results["Square"], results["PGD-20"], "all samples", tol_full
         else:
             sq = acc(AttackConfig("square", steps=square_queries), at_eps=eps)
-            white, where, tol = sweep[3], f"first {xs.shape[0]} samples, {square_queries} queries", tol_sub
+            white, where, tol = (
+                sweep[3],
+                f"first {xs.shape[0]} samples, {square_queries} queries",
+                tol_sub,
+            )
         bad = sq < white - max(black_box_margin, tol)
-        checks.append(Check(
-            "black-box-not-stronger", "warn" if bad else "pass",
-            f"Square (black-box): {_fmt(sq)}, PGD-20: {_fmt(white)} ({where})"
-            + (" -- a black-box attack beats the gradient: gradients are likely masked" if bad else ""),
-        ))
+        checks.append(
+            Check(
+                "black-box-not-stronger",
+                "warn" if bad else "pass",
+                f"Square (black-box): {_fmt(sq)}, PGD-20: {_fmt(white)} ({where})"
+                + (
+                    " -- a black-box attack beats the gradient: gradients are likely masked"
+                    if bad
+                    else ""
+                ),
+            )
+        )
 
     # 6. an unbounded attack must win
     with torch.no_grad(), aa.eval_mode(model):
@@ -614,9 +792,12 @@ def sanity_checks(
     chance = 100.0 / n_classes
     at_big = acc(AttackConfig("pgd", steps=20), at_eps=big)
     bad = at_big > chance + tol_sub
-    checks.append(Check(
-        "unbounded-reaches-chance", "warn" if bad else "pass",
-        f"PGD-20 at ε={big:.4g}: {_fmt(at_big)} (chance {_fmt(chance)})"
-        + (" -- an attack allowed to change the whole input should not fail" if bad else ""),
-    ))
+    checks.append(
+        Check(
+            "unbounded-reaches-chance",
+            "warn" if bad else "pass",
+            f"PGD-20 at ε={big:.4g}: {_fmt(at_big)} (chance {_fmt(chance)})"
+            + (" -- an attack allowed to change the whole input should not fail" if bad else ""),
+        )
+    )
     return checks

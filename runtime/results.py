@@ -88,7 +88,7 @@ def _columns(rows: Sequence[Row]) -> list[str]:
 
 
 def format_cell(value: float | Sequence[float] | None) -> str:
-    """"87.30" for one value, "89.34 ± 0.22" (mean ± sample standard deviation) for
+    """ "87.30" for one value, "89.34 ± 0.22" (mean ± sample standard deviation) for
     several, "-" for none (the papers' mark for "not evaluated")."""
     if value is None:
         return "-"
@@ -180,7 +180,9 @@ def results_json(
         "spec": spec,
         "seed": seed,
         "n": n,
-        "checkpoints": {str(k): {str(c): float(v) for c, v in cols.items()} for k, cols in checkpoints.items()},
+        "checkpoints": {
+            str(k): {str(c): float(v) for c, v in cols.items()} for k, cols in checkpoints.items()
+        },
         "sanity": _sanity_dicts(sanity),
     }
     _validate(data, "<results>")
@@ -218,8 +220,11 @@ def _is_number(v: Any) -> bool:
 
 def _validate(data: Any, where: str) -> None:
     def bad(what: str) -> UserError:
-        return UserError(f"malformed results file: {what}", where=where,
-                         hint="it is written by `advc run`; re-run the evaluation to recreate it")
+        return UserError(
+            f"malformed results file: {what}",
+            where=where,
+            hint="it is written by `advc run`; re-run the evaluation to recreate it",
+        )
 
     if not isinstance(data, dict):
         raise bad("the top level must be a JSON object")
@@ -241,7 +246,9 @@ def _validate(data: Any, where: str) -> None:
             raise bad(f"checkpoints.{name} must be an object of column -> accuracy")
         for label, value in cols.items():
             if not _is_number(value) or not 0.0 <= value <= 100.0:
-                raise bad(f"checkpoints.{name}.{label} must be an accuracy in [0, 100], got {value!r}")
+                raise bad(
+                    f"checkpoints.{name}.{label} must be an accuracy in [0, 100], got {value!r}"
+                )
     sanity = data.get("sanity", {})
     if not isinstance(sanity, dict):
         raise bad("'sanity' must be an object of checkpoint -> list of checks")
@@ -255,8 +262,10 @@ def _validate(data: Any, where: str) -> None:
                 or check.get("status") not in ("pass", "warn")
                 or not isinstance(check.get("detail", ""), str)
             ):
-                raise bad(f"sanity.{name} has an entry that is not "
-                          '{"name": str, "status": "pass"|"warn", "detail": str}')
+                raise bad(
+                    f"sanity.{name} has an entry that is not "
+                    '{"name": str, "status": "pass"|"warn", "detail": str}'
+                )
 
 
 def load_results(path: str | os.PathLike[str]) -> RunResults:
@@ -267,20 +276,28 @@ def load_results(path: str | os.PathLike[str]) -> RunResults:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError("no results file", where=str(file),
-                        hint="evaluate the run first (`advc run` writes it at the end)") from None
+        raise UserError(
+            "no results file",
+            where=str(file),
+            hint="evaluate the run first (`advc run` writes it at the end)",
+        ) from None
     except OSError as exc:
-        raise UserError(f"cannot read the results file: {exc.strerror or exc}", where=str(file)) from None
+        raise UserError(
+            f"cannot read the results file: {exc.strerror or exc}", where=str(file)
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"malformed results file: not JSON ({exc.msg} at line {exc.lineno})",
-                        where=str(file)) from None
+        raise UserError(
+            f"malformed results file: not JSON ({exc.msg} at line {exc.lineno})", where=str(file)
+        ) from None
     _validate(data, str(file))
     return RunResults(
         spec=data["spec"],
         seed=data["seed"],
-        checkpoints={k: {c: float(v) for c, v in cols.items()} for k, cols in data["checkpoints"].items()},
+        checkpoints={
+            k: {c: float(v) for c, v in cols.items()} for k, cols in data["checkpoints"].items()
+        },
         n=data["n"],
         sanity={k: list(v) for k, v in data.get("sanity", {}).items()},
         path=file,
@@ -314,9 +331,11 @@ def merge_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> str:
     for run in runs:
         key = (run.spec, run.seed)
         if key in seen:
-            raise UserError(f"two results for spec {run.spec!r} with seed {run.seed}",
-                            where=f"{seen[key]} and {run.path}",
-                            hint="pass each run folder once")
+            raise UserError(
+                f"two results for spec {run.spec!r} with seed {run.seed}",
+                where=f"{seen[key]} and {run.path}",
+                hint="pass each run folder once",
+            )
         seen[key] = run.path
         for checkpoint, cols in run.checkpoints.items():
             cells = grouped.setdefault((run.spec, checkpoint), {})
@@ -326,8 +345,10 @@ def merge_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> str:
         for checkpoint, checks in run.sanity.items():
             for check in checks:
                 if check["status"] == "warn":
-                    warnings.append(f"- ⚠️ {run.spec} seed {run.seed} ({checkpoint}) "
-                                    f"`{check['name']}`: {check.get('detail', '')}")
+                    warnings.append(
+                        f"- ⚠️ {run.spec} seed {run.seed} ({checkpoint}) "
+                        f"`{check['name']}`: {check.get('detail', '')}"
+                    )
     rows = []
     for (spec, checkpoint), cells in grouped.items():
         k = seeds[(spec, checkpoint)]
