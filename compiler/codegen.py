@@ -8,6 +8,7 @@ overrides give byte-identical text.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import jinja2
@@ -60,7 +61,18 @@ def _tidy(text: str) -> str:
     text = "\n".join(out) + "\n"
     if "math." not in text.replace("import math\n", ""):
         text = text.replace("import math\n", "")
-    return text
+    return _prune_attack_imports(text)
+
+
+def _prune_attack_imports(text: str) -> str:
+    """Import from the attack core only the functions this module calls."""
+    head = "from advc.runtime.attacks import "
+    start = text.index(head)
+    end = text.index("\n", start)
+    body = text[:start] + text[end:]
+    names = [n.strip() for n in text[start + len(head) : end].split(",")]
+    used = [n for n in names if re.search(rf"\b{n}\(", body)]
+    return text[:start] + head + ", ".join(used) + text[end:]
 
 
 def generate(program: ir.Program) -> str:

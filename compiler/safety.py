@@ -24,7 +24,7 @@ ALLOWED_IMPORTS = {
     "__future__": {"annotations"},
     "dataclasses": {"dataclass"},
     "advc.runtime": {"losses"},
-    "advc.runtime.attacks": {"ascent_step", "attack_loss", "margin", "project", "random_start"},
+    "advc.runtime.attacks": {"ascent_step", "attack_loss", "linf_box", "margin", "project", "random_start"},
 }
 ALLOWED_MODULES = {"math", "torch"}
 BUILTINS = {"abs", "min", "max", "float", "int", "len", "range", "dataclass"}
@@ -71,7 +71,7 @@ def validate(source: str, extra_names: set[str] = frozenset()) -> None:
             if node.id.startswith("__"):
                 raise UnsafeModule(f"line {line}: dunder name {node.id}")
             if isinstance(node.ctx, ast.Load) and node.id not in assigned | ALLOWED_MODULES | BUILTINS | {
-                "losses", "ascent_step", "attack_loss", "margin", "project", "random_start", "annotations",
+                "losses", "ascent_step", "attack_loss", "linf_box", "margin", "project", "random_start", "annotations",
             }:
                 raise UnsafeModule(f"line {line}: unknown name {node.id}")
         if isinstance(node, ast.Attribute) and (node.attr.startswith("_") or node.attr not in ATTRIBUTES):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from advc.runtime import losses
-from advc.runtime.attacks import ascent_step, attack_loss, margin, project, random_start
+from advc.runtime.attacks import ascent_step, attack_loss, linf_box, margin, random_start
 
 SPEC_NAME = "fat_trades"
 SPEC_FILE = "specs/fat_trades.adv"
@@ -132,6 +132,7 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, epoch: float, generator=None
     with torch.no_grad():
         nat_logits = model(x)  # the KL attack pulls p(x_adv) away from p(x)
     x_adv = random_start(x, eps, NORM, INIT, INIT_SCALE, generator)
+    lo, hi = linf_box(x, eps)  # B[x, eps] and [0, 1] meet in a box: projecting is one clamp
     kappa = torch.zeros(n, dtype=torch.long, device=x.device)
     tau = tau_at(epoch)
     rho = RHO
@@ -154,7 +155,7 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, epoch: float, generator=None
         stop = wrong & (budget[active] == 0)
         budget[active] -= (wrong & ~stop).long()
         x_step = ascent_step(xa.detach(), grad, step_size, NORM)
-        x_step = project(x_step, x[active], eps, NORM)
+        x_step = torch.clamp(x_step, lo[active], hi[active])
         keep = ~stop
         moving = active[keep]
         x_adv[moving] = x_step[keep]  # stopped samples keep their current point
