@@ -17,18 +17,22 @@ from advc.compiler.codegen import generate
 from advc.compiler.ir import Program
 
 
+def import_generated(source: str, filename: str, name: str) -> types.ModuleType:
+    """Import generated module text under ``name``; tracebacks and inspect show ``filename``."""
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), module.__dict__)  # text advc generated and validated
+    return module
+
+
 class CompiledObjective:
     def __init__(self, program: Program, source: str):
         self.program = program
         self.source = source
         filename = f"<advc {program.name} {program.spec_hash[:12]}>"
-        name = f"advc_compiled_{program.name}_{program.spec_hash[:12]}"
-        module = types.ModuleType(name)
-        module.__file__ = filename
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        # register the text so tracebacks and inspect show the generated lines
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        exec(compile(source, filename, "exec"), module.__dict__)  # the text advc just generated
+        module = import_generated(source, filename, f"advc_compiled_{program.name}_{program.spec_hash[:12]}")
         self.module = module
         self.attack = module.attack
         self.weights = module.weights

@@ -135,6 +135,56 @@ def run(spec: Path = typer.Argument(..., help="Spec file to train."),
         raise typer.Exit(code)
 
 
+@app.command("eval")
+def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or one checkpoint file."),
+          spec: Path | None = typer.Option(None, "--spec", help="The spec the model was trained with."),
+          set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+          attacks: str | None = typer.Option(None, "--attacks",
+                                             help="Attacks as in an evaluate block, e.g. 'natural pgd(steps = 20)'."),
+          n: int | None = typer.Option(None, "--n", help="Evaluate on the first N test samples."),
+          batch: int = typer.Option(256, "--batch", help="Batch size of the attacks."),
+          data_root: str | None = typer.Option(None, "--data-root", help="Folder holding the data sets."),
+          no_sanity: bool = typer.Option(False, "--no-sanity", help="Skip the gradient-masking checks.")) -> None:
+    """Evaluate checkpoints with the spec's attacks; print the seed-style table and sanity checks."""
+    from advc.runtime.eval_run import evaluate_target, resolve_target
+    from advc.runtime.results import Row, results_markdown, sanity_markdown, write_results
+
+    try:
+        chosen = resolve_target(target, spec, set_ or None)
+        table, checks = evaluate_target(chosen, attacks=attacks, n=n, batch_size=batch, data_root=data_root,
+                                        sanity=not no_sanity)
+    except AdvcError as err:
+        _fail(err)
+    count = n if n is not None else None
+    typer.echo(f"\n{chosen.spec_name}: test accuracy (%), eps {chosen.eps:.4g} ({chosen.norm})"
+               + (f", first {count} samples" if count else "") + "\n")
+    typer.echo(results_markdown([Row(name, cols) for name, cols in table.items()], first_column="Checkpoint"))
+    for name, found in checks.items():
+        typer.echo(f"\nsanity checks ({name}):\n" + sanity_markdown(found))
+    if chosen.run_dir is not None and attacks is None and n is None:
+        path = write_results(chosen.run_dir, chosen.spec_name, chosen.seed, table,
+                             n=_test_size(chosen), sanity=checks)
+        typer.echo(f"\nwrote {path}")
+
+
+def _test_size(chosen) -> int:
+    from advc.runtime.data import load_dataset
+
+    data_args = dict(chosen.train.get("data_args") or {})
+    return int(load_dataset(chosen.train["data"], data_args.get("root"), False).x_test.shape[0])
+
+
+@app.command()
+def table(runs: list[Path] = typer.Argument(..., help="Run folders holding results.json.")) -> None:
+    """Merge several runs into one table (mean ± std over seeds of the same spec)."""
+    from advc.runtime.results import merge_runs
+
+    try:
+        typer.echo(merge_runs(runs))
+    except AdvcError as err:
+        _fail(err)
+
+
 def main() -> None:
     try:
         app()

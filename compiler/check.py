@@ -1020,6 +1020,20 @@ def _parses_as_expr(v: str) -> bool:
     return True
 
 
+def check_attacks(text: str, file: str = "--attacks") -> tuple[ir.EvalAttack, ...]:
+    """Check an evaluation list written as in an ``evaluate`` block, e.g. ``natural pgd(steps = 20)``."""
+    checker = Checker()
+    source = "evaluate { " + text + " }"
+    checker.sources.texts[file] = source
+    spec = parse_text(source, file)
+    block = spec.block(ast.Evaluate)
+    attacks = checker._evaluate(block)
+    if block is None or not block.attacks:
+        checker.error("no attacks given", None, "e.g. --attacks 'natural pgd(steps = 20) autoattack'")
+    checker.fail_if_errors()
+    return attacks
+
+
 def check_file(path, overrides=None) -> ir.Program:
     """Parse, resolve ``extends``, apply overrides and check; raises ``SpecError`` on any problem."""
     checker = Checker()

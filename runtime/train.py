@@ -161,18 +161,6 @@ def evaluation_list(items) -> list[dict]:
     return out
 
 
-def import_source(source: str, filename: str, name: str) -> types.ModuleType:
-    """Import generated module text (as ``advc.load`` does), tracebacks pointing at ``filename``."""
-    import linecache
-
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), module.__dict__)
-    return module
-
-
 def _to_cpu(obj):
     import torch
 
@@ -216,19 +204,19 @@ def prepare(opts: RunOptions) -> Setup:
     """Compile, load the data, build the model and check it fits -- writing nothing."""
     import torch
 
-    from advc.api import compile_spec
+    from advc.api import compile_spec, import_generated
     from advc.runtime.data import load_dataset
     from advc.runtime.evaluate import parse_attack_list
     from advc.runtime.models import build_model, check_model_fits
 
     program, source = compile_spec(opts.spec, list(opts.overrides) or None)
     run_dir = Path(opts.out) if opts.out is not None else _default_run_dir(program.name)
-    cached = run_dir / "objective.py"
-    if opts.resume and cached.is_file():  # the generated module is cached by spec hash
-        text = cached.read_text(encoding="utf-8")
-        if f"spec sha256 {program.spec_hash}" in "\n".join(text.splitlines()[:5]):
-            source = text
-    module = import_source(source, str(cached), f"advc_run_{program.name}_{program.spec_hash[:12]}")
+    # Generation is deterministic and takes milliseconds, so the module is always regenerated
+    # (and allow-list validated) rather than read back from the run folder, where a file could
+    # have been edited; run_dir/objective.py is the copy a reader inspects.
+    module = import_generated(
+        source, str(run_dir / "objective.py"), f"advc_run_{program.name}_{program.spec_hash[:12]}"
+    )
     train = dict(module.TRAIN)
     evaluate = evaluation_list(module.EVALUATE)
     parse_attack_list(evaluate)  # a bad evaluation list fails now, not after training

@@ -1,0 +1,95 @@
+"""`advc eval` and `advc table` through the real command line, on a 1-epoch quickstart run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "specs" / "quickstart.adv"
+CHEAP = "natural fgsm pgd(steps = 5)"
+
+
+def advc(*args, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny models: more threads only spin
+    return subprocess.run([sys.executable, "-m", "advc", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "qs"
+    done = advc("run", QUICKSTART, "--set", "train.epochs=1", "--no-eval", "--quiet", "--out", out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_eval_of_a_run_folder_prints_the_table_and_sanity_checks(run_dir):
+    done = advc("eval", run_dir, "--attacks", CHEAP, "--n", "64")
+    assert done.returncode == 0, done.stderr
+    assert "| Checkpoint | Natural | FGSM | PGD-5 |" in done.stdout
+    assert "| best |" in done.stdout and "| last |" in done.stdout
+    assert "sanity checks (best):" in done.stdout
+    assert "`eps0-equals-natural`" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_eval_of_a_run_folder_with_its_own_attacks_writes_results_json(run_dir, tmp_path):
+    done = advc("eval", run_dir, "--no-sanity", "--attacks", "natural")  # the full test split
+    assert done.returncode == 0, done.stderr
+    # only the spec's own evaluation list is written back to the run folder
+    assert "wrote" not in done.stdout
+    done = advc("eval", run_dir, "--spec", _cut_spec(tmp_path), "--no-sanity")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["checkpoints"]) == {"best", "last"}
+    assert set(results["checkpoints"]["best"]) == {"Natural", "PGD-3"}
+
+
+def test_eval_of_one_checkpoint_needs_its_spec(run_dir):
+    ckpt = run_dir / "checkpoints" / "last.safetensors"
+    done = advc("eval", ckpt, "--attacks", "natural")
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "--spec" in done.stderr
+    done = advc("eval", ckpt, "--spec", QUICKSTART, "--attacks", "natural", "--no-sanity")
+    assert done.returncode == 0, done.stderr
+    assert "| last |" in done.stdout
+
+
+def test_a_bad_attack_list_gets_a_located_diagnostic(run_dir):
+    done = advc("eval", run_dir, "--attacks", "natural pgdd(steps = 3)")
+    assert done.returncode == 2
+    assert "--attacks:1:20: error: unknown evaluation attack 'pgdd'" in done.stderr
+    assert "did you mean 'pgd'?" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
+    done = advc("eval", tmp_path, "--attacks", "natural")
+    assert done.returncode == 1 and "not a run folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def _cut_spec(tmp_path: Path) -> Path:
+    """The quickstart with a cheap evaluation list (its own, so eval writes results.json)."""
+    spec = tmp_path / "cut.adv"
+    text = QUICKSTART.read_text()
+    start, end = text.index("evaluate {"), text.rindex("}") + 1
+    spec.write_text(text[:start] + "evaluate {\n    natural\n    pgd(steps = 3)\n}" + text[end:])
+    return spec
+
+
+def test_table_merges_runs_and_names_a_missing_results_file(run_dir, tmp_path):
+    done = advc("eval", run_dir, "--spec", _cut_spec(tmp_path), "--no-sanity")
+    assert done.returncode == 0, done.stderr
+    done = advc("table", run_dir)
+    assert done.returncode == 0, done.stderr
+    assert "Natural" in done.stdout and "PGD-3" in done.stdout and "quickstart" in done.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = advc("table", run_dir, empty)
+    assert done.returncode == 1 and "results.json" in done.stderr and "Traceback" not in done.stderr
