@@ -17,8 +17,8 @@ from . import losses
 
 __all__ = [
     "ascent_step",
-    "linf_box",
     "attack_loss",
+    "linf_box",
     "margin",
     "per_sample_norm",
     "project",
