@@ -677,3 +677,28 @@ class DeviceLoader:
             shard = torch.tensor_split(idx, self.world_size)[self.rank]
             xb = self.x[shard] if self.augment is None else self._augment(idx, shard, b)
             yield xb, self.y[shard]
+
+
+def write_cifar10_archive(root: str | os.PathLike, n_per_batch: int, *, seed: int = 0) -> Path:
+    """Write random images in the real CIFAR-10 python layout under ``root`` (for timing and tests).
+
+    The files are exactly what ``cifar-10-python.tar.gz`` unpacks to -- five training batches,
+    a test batch and ``batches.meta``, protocol-2 pickles of dicts with bytes keys -- so they
+    load through the same reader as the real data set. Returns the batches folder.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, size=n_per_batch)],
+            b"data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(n_per_batch)],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"num_cases_per_batch": n_per_batch, b"label_names": names, b"num_vis": 3072}, f, protocol=2)
+    return folder

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from advc.runtime.data import write_cifar10_archive
 
 pytestmark = pytest.mark.slow
 
@@ -58,34 +58,7 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
 
 def write_cifar10(root: Path, n: int, seed: int = 0) -> None:
     """cifar-10-batches-py exactly as the official archive lays it out (protocol-2 pickles)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, size=n)],
-            b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    names = [
-        b"airplane",
-        b"automobile",
-        b"bird",
-        b"cat",
-        b"deer",
-        b"dog",
-        b"frog",
-        b"horse",
-        b"ship",
-        b"truck",
-    ]
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(
-            {b"num_cases_per_batch": n, b"label_names": names, b"num_vis": 3072}, f, protocol=2
-        )
+    write_cifar10_archive(root, n, seed=seed)
 
 
 TINY_SPEC = """\
