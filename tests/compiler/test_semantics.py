@@ -359,3 +359,29 @@ def test_user_weight_expression_of_the_margin_compiles_to_tensor_code():
     res = prog.attack(model, x, y, epoch=0)
     raw = torch.exp(-res.margin / 2)
     assert torch.allclose(prog.weights(res, epoch=0), raw * len(raw) / raw.sum())
+
+
+# --- schedules: every piece is reachable (GAIRAT's piecewise lambda had dead branches) ----------
+
+
+points = st.lists(st.tuples(st.integers(1, 200), st.floats(-3, 3, allow_nan=False)), min_size=1, max_size=5,
+                  unique_by=lambda p: p[0])
+
+
+@SETTINGS
+@given(pts=points, first=st.floats(-3, 3, allow_nan=False), kind=st.sampled_from(["piecewise", "linear", "cosine"]))
+def test_generated_schedules_agree_with_the_ir_and_reach_every_piece(pts, first, kind):
+    from advc.compiler.ir import sched_value
+
+    pts = sorted(pts)
+    body = ", ".join(f"{e}: {v!r}" for e, v in [(0, first), *pts])
+    text = (f"objective s {{\n threat linf(eps = 0.1)\n attack pgd(steps = 2, step_size = 0.01)\n"
+            f" loss ce(adv) * beta where beta = {kind}({body})\n}}\n{TRAIN}\n")
+    program = check_text(text, "s.adv")
+    prog = CompiledObjective(program, generate(program))
+    sched = dict(program.loss.bindings)["beta"]
+    for epoch in [0, *[e for e, _ in pts], *[e - 0.5 for e, _ in pts], pts[-1][0] + 7]:
+        assert prog.module.beta_at(epoch) == pytest.approx(sched_value(sched, epoch), abs=1e-12)
+    if kind == "piecewise":
+        for e, v in pts:  # from its epoch on, each piece's value is the schedule's value
+            assert prog.module.beta_at(e) == pytest.approx(v)
