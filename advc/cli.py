@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from advc.errors import AdvcError
+from advc.files import atomic_write_text
 
 app = typer.Typer(
     add_completion=False,
@@ -72,9 +73,7 @@ def fmt(specs: list[Path] = typer.Argument(..., help="Spec files to format in pl
         if check_only:
             typer.echo(f"{path}: would reformat")
         else:
-            tmp = path.with_name(path.name + ".advc-tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, text)
             typer.echo(f"{path}: reformatted")
     if failed:
         raise typer.Exit(2)
@@ -97,10 +96,7 @@ def compile_(spec: Path = typer.Argument(..., help="Spec file."),
     if output is None:
         typer.echo(source, nl=False)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".advc-tmp")
-    tmp.write_text(source, encoding="utf-8")
-    tmp.replace(output)
+    atomic_write_text(output, source)
     typer.echo(f"{spec}: wrote {output} (objective {program.name})", err=True)
 
 

@@ -704,7 +704,7 @@ class Checker:
         return plain, extra, spans, ok
 
     def unused_bindings(self, expr, plain: dict, spans: dict) -> bool:
-        used = _vars(expr) if expr is not None else set(plain)
+        used = ir.variables(expr) if expr is not None else set(plain)
         ok = True
         for name in plain:
             if name not in used:
@@ -822,7 +822,7 @@ class Checker:
         expr = self.expression(value, WEIGHT_VARS, set(plain), "weight", terms=False)
         if expr is None or not self.unused_bindings(expr, plain, spans) or not ok:
             return None
-        needs = frozenset(_vars(expr) & {"margin", "loss"})
+        needs = frozenset(ir.variables(expr) & {"margin", "loss"})
         lam = extra.get("lambda", ir.Const(0))
         from_epoch = extra["from_epoch"].value if "from_epoch" in extra else 0
         return ir.Weight("expr", None, lam, from_epoch, expr, tuple(plain.items()), needs, self.origin(clause))
@@ -834,11 +834,11 @@ class Checker:
         expr = self.expression(clause.value, LOSS_VARS, set(plain), "loss", terms=True)
         if expr is None or not self.unused_bindings(expr, plain, spans) or not ok:
             return None
-        if not any(isinstance(n, ir.ETerm) for n in _walk(expr)):
+        if not any(isinstance(n, ir.ETerm) for n in ir.walk(expr)):
             self.error("the loss uses no loss term", clause.value.span if hasattr(clause.value, "span") else None,
                        "use ce(adv), ce(nat), kl(nat, adv), bce(adv) or prob(...)")
             return None
-        if weight is not None and weight.kind != "none" and "weight" not in _vars(expr):
+        if weight is not None and weight.kind != "none" and "weight" not in ir.variables(expr):
             self.error("the objective defines a weight but the loss does not use it", clause.key.span,
                        "multiply a term by weight, e.g. loss ce(adv) * weight")
             return None
@@ -968,21 +968,6 @@ class Checker:
             params = tuple(sorted((k, v.value if isinstance(v, ir.Const) else v) for k, v in a.items()))
             out.append(ir.EvalAttack(head, params))
         return tuple(out) if ok else None
-
-
-def _walk(e):
-    yield e
-    for child in getattr(e, "args", ()) if isinstance(e, ir.EFunc) else ():
-        yield from _walk(child)
-    if isinstance(e, ir.EBin):
-        yield from _walk(e.left)
-        yield from _walk(e.right)
-    if isinstance(e, ir.ENeg):
-        yield from _walk(e.operand)
-
-
-def _vars(e) -> set[str]:
-    return {n.name for n in _walk(e) if isinstance(n, ir.EVar)}
 
 
 # --- entry points --------------------------------------------------------------------------

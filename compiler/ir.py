@@ -119,6 +119,24 @@ class ENeg:
 E = EConst | EVar | EFunc | ETerm | EBin | ENeg
 
 
+def walk(e: E):
+    """Every node of an expression, the root first."""
+    yield e
+    if isinstance(e, EFunc):
+        for a in e.args:
+            yield from walk(a)
+    elif isinstance(e, EBin):
+        yield from walk(e.left)
+        yield from walk(e.right)
+    elif isinstance(e, ENeg):
+        yield from walk(e.operand)
+
+
+def variables(e: E) -> set[str]:
+    """The names of the variables an expression reads."""
+    return {n.name for n in walk(e) if isinstance(n, EVar)}
+
+
 # --- the objective -----------------------------------------------------------------------
 
 

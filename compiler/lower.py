@@ -185,18 +185,6 @@ def _wrapped(emitter: ExprEmitter, e: ir.E, prefix: int, width: int = 100) -> st
     return "(\n" + "\n".join(lines) + "\n    )"
 
 
-def walk(e):
-    yield e
-    if isinstance(e, ir.EFunc):
-        for a in e.args:
-            yield from walk(a)
-    elif isinstance(e, ir.EBin):
-        yield from walk(e.left)
-        yield from walk(e.right)
-    elif isinstance(e, ir.ENeg):
-        yield from walk(e.operand)
-
-
 @dataclass
 class Lowered:
     """Everything the templates need, in the order a reader meets it."""
@@ -259,7 +247,7 @@ def lower(program: ir.Program, version: str) -> Lowered:
         names[name] = (name, False)
     low.loss_code = _wrapped(ExprEmitter(names), program.loss.expr, len("    per_sample = "))
     low.loss_bindings = [(n, sched[n].ref()) for n, _ in program.loss.bindings]
-    nodes = list(walk(program.loss.expr))
+    nodes = list(ir.walk(program.loss.expr))
     low.uses_nat = any(isinstance(n, ir.ETerm) and "nat" in n.args for n in nodes)
     low.uses_adv = any(isinstance(n, ir.ETerm) and "adv" in n.args for n in nodes) or any(
         isinstance(n, ir.EVar) and n.name == "kappa" for n in nodes)

@@ -14,10 +14,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from advc.files import atomic_write_text  # re-exported: the run folder's writer
 
 __all__ = [
     "METRICS_CSV",
@@ -32,20 +33,6 @@ __all__ = [
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
