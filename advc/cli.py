@@ -7,6 +7,7 @@ cause is printed as a diagnostic or one line and exits non-zero; never a traceba
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,9 @@ SET_HELP = "Override a spec value, e.g. --set attack.steps=20 (repeatable)."
 
 
 def _fail(err: AdvcError) -> None:
-    typer.echo(err.render(), err=True)
+    # in a multi-process run every process hits the same error: the main one says it once
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(err.render(), err=True)
     raise typer.Exit(err.exit_code)
 
 
@@ -181,12 +184,37 @@ def table(runs: list[Path] = typer.Argument(..., help="Run folders holding resul
         _fail(err)
 
 
+def _click_exceptions(name: str) -> tuple[type, ...]:
+    """click's exception class ``name``, from click and from the copy recent typer versions vendor."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def main() -> None:
+    """Entry point: every error a user can cause ends as one line (or a diagnostic) and an exit code."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except _click_exceptions("UsageError") as err:  # unknown option, missing argument, bad value
+        ctx = getattr(err, "ctx", None)
+        command = ctx.command_path if ctx is not None else "advc"
+        message = err.format_message().strip()
+        if message:  # (no message: bare `advc`, whose help was just printed)
+            typer.echo(f"error: {message} -- hint: see '{command} --help'", err=True)
+        sys.exit(2)
+    except _click_exceptions("Abort"):
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
     except AdvcError as err:  # raised outside a command's own handling
         typer.echo(err.render(), err=True)
         sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ from . import ast
 from .diagnostics import Diagnostic, Sources, Span, SpecError
 
 MAX_DEPTH = 64  # nesting of expressions; real specs use fewer than 6
-MAX_BYTES = 4 * 1024 * 1024
+MAX_BYTES = 256 * 1024  # real specs are a few KB; this bounds the worst parse to ~2 s
 
 _FRIENDLY = {
     "NAME": "a name",
@@ -222,8 +222,11 @@ def _parse_error(exc: LarkError, parser: Lark, file: str, text: str) -> Diagnost
 def decode(data: bytes, file: str) -> str:
     """UTF-8 text of a spec, or a diagnostic pointing at the first undecodable byte."""
     if len(data) > MAX_BYTES:
+        first = data[:120].split(b"\n", 1)[0].decode("utf-8", errors="replace")
         raise SpecError(
-            [Diagnostic(f"spec is {len(data)} bytes; the limit is {MAX_BYTES}", Span(file, 1, 1, 1, 2))]
+            [Diagnostic(f"spec is {len(data)} bytes; the limit is {MAX_BYTES}", Span(file, 1, 1, 1, 2),
+                        "a spec is a few KB; is this the right file?")],
+            Sources({file: first}),
         )
     try:
         return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not content

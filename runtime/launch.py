@@ -62,7 +62,9 @@ def launch(
 ) -> int:
     """Run ``advc <advc_args>`` in ``num_processes`` processes via ``accelerate launch``.
 
-    Returns the launcher's exit status. Output of the processes goes straight to ours.
+    Returns the launcher's exit status. Output of the processes streams through; when a run
+    fails with advc's own one-line ``error:`` (printed by the main process), the launcher's
+    ``ChildFailedError`` report that follows it is dropped, so a user error stays one line.
     """
     if num_processes < 2:
         raise ValueError("launch() is for two or more processes")
@@ -80,4 +82,18 @@ def launch(
     if cpu:
         env["ACCELERATE_USE_CPU"] = "true"
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stderr is not None
+    said_error, held = False, []  # from the first traceback on, hold lines until we know
+    for line in proc.stderr:
+        if held or line.startswith("Traceback (most recent call last)"):
+            held.append(line)
+            continue
+        said_error = said_error or line.startswith("error:")
+        sys.stderr.write(line)
+    code = proc.wait()
+    report = "".join(held)
+    if not (code and said_error and "ChildFailedError" in report):
+        sys.stderr.write(report)  # a real crash: show everything
+    sys.stderr.flush()
+    return code

@@ -228,6 +228,16 @@ def prepare(opts: RunOptions) -> Setup:
             where=str(last),
             hint="start the run without --resume",
         )
+    if opts.resume:  # checked before anything in the run folder is rewritten
+        from advc.runtime.checkpoint import load_checkpoint
+
+        _, _, extra = load_checkpoint(last)
+        if extra.get("spec_hash") != program.spec_hash:
+            raise UserError(
+                "the spec or its overrides changed since the checkpoint was written",
+                where=str(run_dir),
+                hint="resume with the same spec and --set values, or use --out",
+            )
     if not opts.resume and last.is_file():
         raise UserError(
             "the run folder already holds a trained run",
@@ -434,6 +444,36 @@ def _evaluate_sharded(
     return out
 
 
+def _stop_if_not_finite(
+    value, epoch, epochs, step, steps, run_dir, all_reduce, what="the training loss"
+) -> None:
+    """Raise a one-line ``UserError`` when ``value`` (the detached loss, or a finiteness flag)
+    is not finite in any process; every process reduces the same flag, so all stop together
+    and none waits in a collective. Nothing has been saved for this epoch yet, so the last
+    good checkpoint stays as it is."""
+    import torch
+
+    value = value.detach()
+    ok = value.all() if value.dtype == torch.bool else torch.isfinite(value).all()
+    bad = all_reduce((~ok).to(torch.float32).reshape(1))
+    if float(bad[0]) == 0:
+        return
+    if value.dtype == torch.bool or bool(ok):  # non-finite weights, or in another process
+        became = "became nan/inf"
+    else:
+        became = "became nan" if bool(torch.isnan(value).any()) else "became inf"
+    last = run_dir / CHECKPOINTS / "last.safetensors"
+    kept = (
+        f"the last good checkpoint is kept: {last}"
+        if last.is_file()
+        else "no checkpoint was written before it"
+    )
+    raise UserError(
+        f"{what} {became} at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} -- {kept}",
+        hint="lower the learning rate or check the data",
+    )
+
+
 def _write_run_folder(setup: Setup, opts: RunOptions, accelerator) -> None:
     from advc import __version__
     from advc.runtime.report import atomic_write_text
@@ -536,12 +576,6 @@ def train(opts: RunOptions) -> dict | None:
         model_state, optim_state, extra = load_checkpoint(
             run_dir / CHECKPOINTS / "last", map_location=device
         )
-        if extra.get("spec_hash") != setup.program.spec_hash:
-            raise UserError(
-                "the spec or its overrides changed since the checkpoint was written",
-                where=str(run_dir),
-                hint="resume with the same spec and --set values, or use --out",
-            )
         model.load_state_dict(model_state)
         if optim_state is not None:
             optimizer.load_state_dict(optim_state)
@@ -594,6 +628,7 @@ def train(opts: RunOptions) -> dict | None:
                     all_reduce=all_reduce,
                     generator=gen,
                 )
+                _stop_if_not_finite(loss, epoch, epochs, step, len(loader), run_dir, all_reduce)
                 kappa = result.kappa.clamp(0, k_max)
                 sums += torch.stack(
                     [
@@ -635,6 +670,18 @@ def train(opts: RunOptions) -> dict | None:
                 "val_pgd20": val.get("PGD-20"),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
+            # the loss of the last step was finite, but its update may not have been
+            params = [p.detach().isfinite().all() for p in unwrapped.parameters()]
+            _stop_if_not_finite(
+                torch.stack(params).all(),
+                epoch,
+                epochs,
+                len(loader) - 1,
+                len(loader),
+                run_dir,
+                all_reduce,
+                what="the weights",
+            )
             metric = record["val_pgd20"] if record["val_pgd20"] is not None else float(epoch)
             improved = metric > best
             if improved:

@@ -539,7 +539,8 @@ BYTES = [
         'bad.adv:4:13: error: expression nested more than 64 levels deep',
         'split it up; real objectives need only a few levels'),
     Bad("too_large", b"#" * (MAX_BYTES + 1),
-        f"bad.adv:1:1: error: spec is {MAX_BYTES + 1} bytes; the limit is {MAX_BYTES}", None, caret=False),
+        f"bad.adv:1:1: error: spec is {MAX_BYTES + 1} bytes; the limit is {MAX_BYTES}",
+        "a spec is a few KB; is this the right file?"),
 ]
 
 CASES = SYNTAX + UNKNOWN + RANGES + TYPES + SCHEDULES + EXPRESSIONS + STRUCTURE + OVERRIDES + BYTES
