@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import jinja2
+from jinja2.sandbox import SandboxedEnvironment
 
 from advc import __version__
 
@@ -23,8 +24,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 @functools.lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
+def _env() -> SandboxedEnvironment:
+    # sandboxed: templates can only lay out the values they are given, never reach past them
+    env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         trim_blocks=True,
         lstrip_blocks=True,
