@@ -24,7 +24,8 @@ from .parse import decode, parse_expr, parse_text
 # --- vocabulary --------------------------------------------------------------------------
 
 OBJECTIVE_CLAUSES = ("threat", "attack", "form", "weight", "loss")
-TRAIN_CLAUSES = ("data", "model", "epochs", "batch", "seed", "optim", "precision", "val", "augment", "sync_bn")
+TRAIN_CLAUSES = ("data", "model", "epochs", "batch", "seed", "optim", "precision", "val", "augment", "sync_bn",
+                 "channels_last", "compile")
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "imagefolder")
 MODELS = ("small_cnn", "preact_resnet18", "wrn34_10", "wrn32_10", "wrn28_10", "wrn")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -899,13 +900,16 @@ class Checker:
             val = None if c is None else c.value
         augment = self._bool(t.get("augment"), "augment", True)
         sync_bn = self._bool(t.get("sync_bn"), "sync_bn", False)
-        if None in (data, model, epochs, batch, seed, optim, precision, val, augment, sync_bn) or not ok:
+        channels_last = self._bool(t.get("channels_last"), "channels_last", False)
+        compile_model = self._bool(t.get("compile"), "compile", False)
+        if None in (data, model, epochs, batch, seed, optim, precision, val, augment, sync_bn, channels_last,
+                    compile_model) or not ok:
             return None
         origins = tuple((k, self.origin(cl)) for k, cl in sorted(t.items()) if cl.span is not None)
         return ir.Train(
             data=data[0], data_args=data[1], model=model[0], model_args=model[1], epochs=epochs, batch=batch,
             seed=seed, optim=optim[0], lr=optim[1], optim_args=optim[2], precision=precision, val=val,
-            augment=augment, sync_bn=sync_bn, origins=origins,
+            augment=augment, sync_bn=sync_bn, channels_last=channels_last, compile=compile_model, origins=origins,
         )
 
     def _int(self, clause, param, label, default=None):

@@ -202,6 +202,8 @@ class Train:
     val: int
     augment: bool
     sync_bn: bool
+    channels_last: bool = False  # GPU path: NHWC memory format for model and inputs
+    compile: bool = False  # GPU path: torch.compile through Accelerate's dynamo_backend
     origins: tuple[tuple[str, Origin], ...] = ()
 
 

@@ -257,6 +257,7 @@ def lower(program: ir.Program, version: str) -> Lowered:
         "data": t.data, "data_args": dict(t.data_args), "model": t.model, "model_args": dict(t.model_args),
         "epochs": t.epochs, "batch": t.batch, "seed": t.seed, "optim": t.optim, "optim_args": dict(t.optim_args),
         "precision": t.precision, "val": t.val, "augment": t.augment, "sync_bn": t.sync_bn,
+        "channels_last": t.channels_last, "compile": t.compile,
     }  # fmt: skip
     low.train_literal = dict_literal(train, indent=0)
     evals = [dict(params, name=e.name) for e in program.evaluate for params in [dict(e.params)]]

@@ -527,6 +527,7 @@ def train(opts: RunOptions) -> dict | None:
         log_with="tensorboard" if tensorboard else None,
         project_dir=str(run_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        dynamo_backend="inductor" if cfg.get("compile") else "no",  # torch.compile, through Accelerate
     )
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     main = accelerator.is_main_process
@@ -581,8 +582,13 @@ def train(opts: RunOptions) -> dict | None:
             optimizer.load_state_dict(optim_state)
         start_epoch = int(extra["epoch"]) + 1
         best, best_epoch = float(extra["best_metric"]), int(extra["best_epoch"])
+    if cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    try:  # checkpoints hold the plain module's state dict, compiled or not
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    except TypeError:  # accelerate < 1.3
+        unwrapped = accelerator.unwrap_model(model)
 
     history = truncate_metrics(run_dir, start_epoch) if main else []
     if tensorboard:
@@ -610,6 +616,8 @@ def train(opts: RunOptions) -> dict | None:
             )  # loss*n, n, kappa, bps, passes
             hist = torch.zeros(k_max + 1, dtype=torch.float64, device=device)
             for step, (xb, yb) in enumerate(loader):
+                if cfg.get("channels_last"):
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 n_global = min(batch, n_train - step * batch)
                 skip, n_local = _shard(n_global, world, rank)
                 gen = _batch_generator(device, seed, epoch, step, skip, xb, module)

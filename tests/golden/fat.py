@@ -44,6 +44,8 @@ RHO = 0.0
 TRAIN = {
     "augment": True,
     "batch": 128,
+    "channels_last": False,
+    "compile": False,
     "data": "cifar10",
     "data_args": {},
     "epochs": 120,

@@ -45,6 +45,8 @@ LAM = 0.0
 TRAIN = {
     "augment": True,
     "batch": 128,
+    "channels_last": False,
+    "compile": False,
     "data": "cifar10",
     "data_args": {},
     "epochs": 120,

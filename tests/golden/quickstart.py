@@ -46,6 +46,8 @@ LAM = 0.0
 TRAIN = {
     "augment": False,
     "batch": 64,
+    "channels_last": False,
+    "compile": False,
     "data": "digits",
     "data_args": {},
     "epochs": 15,

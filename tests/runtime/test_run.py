@@ -253,3 +253,18 @@ def test_gpus_beyond_the_machine_is_one_line_error(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "GPUs" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_channels_last_trains_and_checkpoints_the_plain_state_dict(tmp_path):
+    # the GPU-path memory format runs on the CPU too; the checkpoint stays a plain state dict
+    out = tmp_path / "cl"
+    proc = advc("run", QUICKSTART, "--set", "train.epochs=1", "--set", "train.channels_last=true",
+                "--no-eval", "--quiet", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    tensors = weights(out)
+    plain = {k.removeprefix("model."): v for k, v in tensors.items()}
+    from advc.runtime.models import small_cnn
+
+    small_cnn(in_channels=1, num_classes=10).load_state_dict(plain)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["loss"] == record["loss"] and record["val_pgd20"] >= 0  # finite, logged
