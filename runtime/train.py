@@ -582,8 +582,8 @@ def train(opts: RunOptions) -> dict | None:
             optimizer.load_state_dict(optim_state)
         start_epoch = int(extra["epoch"]) + 1
         best, best_epoch = float(extra["best_metric"]), int(extra["best_epoch"])
-    if cfg.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     model, optimizer = accelerator.prepare(model, optimizer)
     try:  # checkpoints hold the plain module's state dict, compiled or not
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
@@ -615,9 +615,8 @@ def train(opts: RunOptions) -> dict | None:
                 5, dtype=torch.float64, device=device
             )  # loss*n, n, kappa, bps, passes
             hist = torch.zeros(k_max + 1, dtype=torch.float64, device=device)
-            for step, (xb, yb) in enumerate(loader):
-                if cfg.get("channels_last"):
-                    xb = xb.contiguous(memory_format=torch.channels_last)
+            for step, (x_batch, yb) in enumerate(loader):
+                xb = x_batch.contiguous(memory_format=memory_format)
                 n_global = min(batch, n_train - step * batch)
                 skip, n_local = _shard(n_global, world, rank)
                 gen = _batch_generator(device, seed, epoch, step, skip, xb, module)
