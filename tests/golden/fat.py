@@ -155,8 +155,9 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, epoch: float, generator=None
         stop = wrong & (budget[active] == 0)
         budget[active] -= (wrong & ~stop).long()
         x_step = ascent_step(xa.detach(), grad, step_size, NORM)
-        draw = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_step = x_step + noise * draw[active]
+        # noise only for the samples still attacking (with none stopped, exactly PGD-K's draw)
+        draw = torch.randn(xa.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_step = x_step + noise * draw
         x_step = torch.clamp(x_step, lo[active], hi[active])
         keep = ~stop
         moving = active[keep]
