@@ -745,8 +745,6 @@ class Checker:
         loss = self._loss(c.get("loss"), weight)
         train = self._train(merged)
         evaluate = self._evaluate(merged.evaluate)
-        if attack is not None and attack.loss == "kl" and loss is not None:
-            pass  # TRADES attack: needs nothing else
         if None in (threat, attack, form, weight, loss, train, evaluate) or self.diags:
             return None
         return ir.Program(
@@ -872,9 +870,6 @@ class Checker:
             for key in missing:
                 self.error(f"the train block has no '{key}'", where, f"add: {examples[key]}")
             ok = False
-        if not ok:
-            # keep checking what is there so every problem is reported at once
-            pass
         data = self._named(t.get("data"), DATASETS, DATA_PARAMS, "data set")
         model = self._model(t.get("model"))
         epochs = self._int(t.get("epochs"), Param("int", lo=1, schedule=False), "epochs")
