@@ -150,7 +150,7 @@ def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or o
 
     try:
         chosen = resolve_target(target, spec, set_ or None)
-        table, checks = evaluate_target(chosen, attacks=attacks, n=n, batch_size=batch, data_root=data_root,
+        table, checks, n_used = evaluate_target(chosen, attacks=attacks, n=n, batch_size=batch, data_root=data_root,
                                         sanity=not no_sanity)
     except AdvcError as err:
         _fail(err)
@@ -162,15 +162,8 @@ def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or o
         typer.echo(f"\nsanity checks ({name}):\n" + sanity_markdown(found))
     if chosen.run_dir is not None and attacks is None and n is None:
         path = write_results(chosen.run_dir, chosen.spec_name, chosen.seed, table,
-                             n=_test_size(chosen), sanity=checks)
+                             n=n_used, sanity=checks)
         typer.echo(f"\nwrote {path}")
-
-
-def _test_size(chosen) -> int:
-    from advc.runtime.data import load_dataset
-
-    data_args = dict(chosen.train.get("data_args") or {})
-    return int(load_dataset(chosen.train["data"], data_args.get("root"), False).x_test.shape[0])
 
 
 @app.command()

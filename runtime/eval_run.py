@@ -58,13 +58,13 @@ def _from_run_dir(run_dir: Path) -> EvalTarget:
 
 def _from_spec(spec: Path, checkpoint: Path | None, overrides) -> EvalTarget:
     from advc.api import compile_spec, import_generated
-    from advc.runtime.train import evaluation_list, threat_eps
+    from advc.runtime.train import threat_eps
 
     program, source = compile_spec(spec, overrides)
     module = import_generated(source, f"<advc {program.name}>", f"advc_eval_{program.spec_hash[:12]}")
     train = dict(module.TRAIN)
     checkpoints = {checkpoint.stem: checkpoint} if checkpoint is not None else {}
-    return EvalTarget(program.name, int(train["seed"]), train, evaluation_list(module.EVALUATE),
+    return EvalTarget(program.name, int(train["seed"]), train, [dict(item) for item in module.EVALUATE],
                       threat_eps(module, int(train["epochs"])), module.NORM, checkpoints, None)
 
 
@@ -86,18 +86,20 @@ def resolve_target(target: Path, spec: Path | None, overrides=None) -> EvalTarge
 
 def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | None = None,
                     batch_size: int = 256, data_root: str | None = None, sanity: bool = True,
-                    quiet: bool = False) -> tuple[dict, dict]:
-    """Evaluate every checkpoint of ``target``; returns ({checkpoint: {label: %}}, {checkpoint: checks})."""
+                    quiet: bool = False) -> tuple[dict, dict, int]:
+    """Evaluate every checkpoint of ``target``.
+
+    Returns ({checkpoint: {label: %}}, {checkpoint: checks}, number of test samples used).
+    """
     from advc.compiler.check import check_attacks
     from advc.runtime.checkpoint import load_checkpoint
     from advc.runtime.data import load_dataset
     from advc.runtime.evaluate import evaluate_model, parse_attack_list, sanity_checks
     from advc.runtime.models import build_model
-    from advc.runtime.train import evaluation_list
 
     if attacks is not None:
         items = [dict(a.params, name=a.name) for a in check_attacks(attacks)]
-        target.evaluate = evaluation_list(items)
+        target.evaluate = items
     configs = parse_attack_list(target.evaluate)
     train = target.train
     data_args = dict(train.get("data_args") or {})
@@ -137,4 +139,4 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
                                          batch_size=batch_size)
         if epoch >= 0:
             seen[epoch] = name
-    return table, checks
+    return table, checks, int(x.shape[0])

@@ -345,6 +345,8 @@ def _as_config(item: Any, position: int) -> AttackConfig:
             where=where,
             hint=_did_you_mean(name, ATTACK_NAMES) or f"one of {', '.join(ATTACK_NAMES)}",
         )
+    if "queries" in item:  # the spec language's name for Square's query budget
+        item["square_queries" if name == "autoattack" else "steps"] = item.pop("queries")
     params = dict(item.pop("params", None) or {})
     fields = {k: item.pop(k) for k in ("steps", "step_size", "eps", "restarts") if k in item}
     params.update(item)  # any other key is an attack-specific parameter

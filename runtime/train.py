@@ -146,21 +146,6 @@ def threat_eps(module: types.ModuleType, epochs: int) -> float:
     return float(module.eps_at(max(epochs - 1, 0)))
 
 
-def evaluation_list(items) -> list[dict]:
-    """The spec's EVALUATE entries in the vocabulary of :mod:`advc.runtime.evaluate`."""
-    out = []
-    for entry in items:
-        item = dict(entry)
-        if "queries" in item:
-            queries = item.pop("queries")
-            if item.get("name") == "autoattack":
-                item["square_queries"] = queries
-            else:
-                item.setdefault("steps", queries)
-        out.append(item)
-    return out
-
-
 def _to_cpu(obj):
     import torch
 
@@ -218,7 +203,7 @@ def prepare(opts: RunOptions) -> Setup:
         source, str(run_dir / "objective.py"), f"advc_run_{program.name}_{program.spec_hash[:12]}"
     )
     train = dict(module.TRAIN)
-    evaluate = evaluation_list(module.EVALUATE)
+    evaluate = [dict(item) for item in module.EVALUATE]
     parse_attack_list(evaluate)  # a bad evaluation list fails now, not after training
 
     last = run_dir / CHECKPOINTS / "last.safetensors"
