@@ -48,10 +48,11 @@ class CompiledObjective:
         return f"<CompiledObjective {self.program.name} from {self.program.file}>"
 
 
-def compile_spec(path: str | Path, overrides=None) -> tuple[Program, str]:
+def compile_spec(path: str | Path, overrides=None, *, standalone: bool = False, filename: str = "objective.py",
+                 spec_path: list[str] | None = None) -> tuple[Program, str]:
     """Check a spec (with overrides) and return the program and its generated module text."""
-    program = check_file(path, overrides)
-    return program, generate(program)
+    program = check_file(path, overrides, spec_path=spec_path)
+    return program, generate(program, standalone=standalone, filename=filename)
 
 
 def load(path: str | Path, overrides=None) -> CompiledObjective:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from advc.errors import AdvcError
+from advc.errors import AdvcError, UserError
 from advc.files import atomic_write_text
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 
 SET_HELP = "Override a spec value, e.g. --set attack.steps=20 (repeatable)."
+PATH_HELP = "A folder searched for `extends NAME` specs (repeatable; also $ADVC_PATH)."
+ALLOW_HELP = "Silence a warning by its name, e.g. --allow unreachable-schedule (repeatable)."
 
 
 def _fail(err: AdvcError) -> None:
@@ -35,20 +37,37 @@ def _fail(err: AdvcError) -> None:
 
 @app.command()
 def check(specs: list[Path] = typer.Argument(..., help="Spec files to check."),
-          set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP)) -> None:
-    """Parse and check specs; print every problem with its location."""
+          set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+          spec_path: list[str] | None = typer.Option(None, "--spec-path", help=PATH_HELP),
+          allow: list[str] | None = typer.Option(None, "--allow", help=ALLOW_HELP),
+          strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors.")) -> None:
+    """Parse and check specs; print every problem with its location, then the warnings."""
     from advc.compiler.check import check_file
     from advc.compiler.diagnostics import SpecError
+    from advc.compiler.warn import CODES
 
+    for code in allow or ():
+        if code not in CODES:
+            _fail(UserError(f"unknown warning '{code}'", where="--allow", hint=f"warnings: {', '.join(CODES)}"))
     failed = False
     for spec in specs:
         try:
-            program = check_file(spec, set_ or None)
+            program = check_file(spec, set_ or None, spec_path=spec_path)
         except SpecError as err:
             typer.echo(err.render(), err=True)
             failed = True
             continue
-        typer.echo(f"{spec}: ok (objective {program.name})")
+        shown = [w for w in program.warnings if w.code not in (allow or ())]
+        for w in shown:
+            typer.echo(w.rendered, err=True)
+        parents = ", ".join(f"{name}: {f}" + ("" if how in ("the spec's folder", "the same file") else f" ({how})")
+                            for name, f, how in program.parents)
+        parents = f", extends {parents}" if parents else ""
+        if strict and shown:
+            typer.echo(f"{spec}: {len(shown)} warning(s) with --strict", err=True)
+            failed = True
+            continue
+        typer.echo(f"{spec}: ok (objective {program.name}{parents})")
     if failed:
         raise typer.Exit(2)
 
@@ -87,20 +106,30 @@ def fmt(specs: list[Path] = typer.Argument(..., help="Spec files to format in pl
 @app.command("compile")
 def compile_(spec: Path = typer.Argument(..., help="Spec file."),
              output: Path | None = typer.Option(None, "-o", "--output", help="Write the module here (default: stdout)."),
-             set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP)) -> None:
-    """Compile a spec to a readable PyTorch module (the same code `advc run` executes)."""
+             set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+             standalone: bool = typer.Option(False, "--standalone",
+                                             help="Inline advc's runtime: the file runs where advc is not installed."),
+             spec_path: list[str] | None = typer.Option(None, "--spec-path", help=PATH_HELP)) -> None:
+    """Compile a spec to its training program (the same code `advc run` executes)."""
     from advc.api import compile_spec
     from advc.compiler.diagnostics import SpecError
 
+    if output is not None and output.is_dir():
+        _fail(UserError("-o names a folder", where=str(output), hint="name the .py file to write"))
     try:
-        program, source = compile_spec(spec, set_ or None)
+        program, source = compile_spec(spec, set_ or None, standalone=standalone,
+                                       filename=output.name if output is not None else "objective.py",
+                                       spec_path=spec_path)
     except SpecError as err:
         _fail(err)
     if output is None:
         typer.echo(source, nl=False)
         return
-    atomic_write_text(output, source)
-    typer.echo(f"{spec}: wrote {output} (objective {program.name})", err=True)
+    try:
+        atomic_write_text(output, source)
+    except OSError as exc:
+        _fail(UserError(f"cannot write the module: {exc.strerror or exc}", where=str(output)))
+    typer.echo(f"{spec}: wrote {output} (objective {program.name}{', standalone' if standalone else ''})", err=True)
 
 
 # --- advc run / eval / table live below (runtime) ----------------------------------------
@@ -109,7 +138,7 @@ def compile_(spec: Path = typer.Argument(..., help="Spec file."),
 @app.command()
 def run(spec: Path = typer.Argument(..., help="Spec file to train."),
         set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
-        out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<spec name>)."),
+        out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<spec name>[-<overrides>])."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
         gpus: int = typer.Option(0, "--gpus", help="Train with N GPU processes (Accelerate's launcher)."),
         cpu_procs: int = typer.Option(0, "--cpu-procs", help="Train with N CPU processes over gloo."),
@@ -118,18 +147,29 @@ def run(spec: Path = typer.Argument(..., help="Spec file to train."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
         no_eval: bool = typer.Option(False, "--no-eval", help="Skip the final test-set evaluation."),
         eval_n: int | None = typer.Option(None, "--eval-n", help="Evaluate on the first N test samples."),
-        eval_batch: int = typer.Option(256, "--eval-batch", help="Batch size of the evaluation attacks.")) -> None:
+        eval_batch: int = typer.Option(256, "--eval-batch", help="Batch size of the evaluation attacks."),
+        eval_: str | None = typer.Option(None, "--eval", help="Attacks added to the evaluate list, e.g. 'pgd(steps = 50)'."),
+        trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model named as package.module:callable."),
+        init_from: Path | None = typer.Option(None, "--init-from", help="Start from another run's checkpoint."),
+        spec_path: list[str] | None = typer.Option(None, "--spec-path", help=PATH_HELP),
+        allow: list[str] | None = typer.Option(None, "--allow", help=ALLOW_HELP),
+        strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors.")) -> None:
     """Train a spec with Accelerate, keep best/last checkpoints, and evaluate them on the test set."""
-    from advc.runtime.train import RunOptions
-    from advc.runtime.train import run as run_training
+    from advc.runtime.run import RunOptions
+    from advc.runtime.run import run as run_training
 
     opts = RunOptions(spec=spec, overrides=list(set_ or []), out=out, resume=resume, gpus=gpus,
                       cpu_procs=cpu_procs, data_root=data_root, download=download, quiet=quiet,
-                      evaluate=not no_eval, eval_n=eval_n, eval_batch=eval_batch)
+                      evaluate=not no_eval, eval_n=eval_n, eval_batch=eval_batch, trust_code=trust_code,
+                      spec_path=list(spec_path or []), allow=list(allow or []), strict=strict, init_from=init_from,
+                      eval_extra=eval_)
     try:
         code = run_training(opts)
     except AdvcError as err:
         _fail(err)
+    except OSError as exc:  # disk full, permission: one line; the last good checkpoint stays
+        _fail(UserError(f"{exc.strerror or exc}", where=getattr(exc, "filename", None) or "advc run",
+                        hint="free disk space or fix permissions, then --resume"))
     if code:
         raise typer.Exit(code)
 
@@ -143,27 +183,25 @@ def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or o
           n: int | None = typer.Option(None, "--n", help="Evaluate on the first N test samples."),
           batch: int = typer.Option(256, "--batch", help="Batch size of the attacks."),
           data_root: str | None = typer.Option(None, "--data-root", help="Folder holding the data sets."),
-          no_sanity: bool = typer.Option(False, "--no-sanity", help="Skip the gradient-masking checks.")) -> None:
-    """Evaluate checkpoints with the spec's attacks; print the seed-style table and sanity checks."""
+          no_sanity: bool = typer.Option(False, "--no-sanity", help="Skip the gradient-masking checks."),
+          trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model named as package.module:callable.")
+          ) -> None:
+    """Evaluate checkpoints; print the seed-style table and sanity checks, and keep them in the run folder."""
     from advc.runtime.eval_run import evaluate_target, resolve_target
-    from advc.runtime.results import Row, results_markdown, sanity_markdown, write_results
+    from advc.runtime.results import Row, results_markdown, sanity_markdown
 
     try:
-        chosen = resolve_target(target, spec, set_ or None)
+        chosen = resolve_target(target, spec, set_ or None, trust_code=trust_code)
         table, checks, n_used = evaluate_target(chosen, attacks=attacks, n=n, batch_size=batch, data_root=data_root,
-                                        sanity=not no_sanity)
+                                                sanity=not no_sanity, trust_code=trust_code)
     except AdvcError as err:
         _fail(err)
-    count = n if n is not None else None
-    typer.echo(f"\n{chosen.spec_name}: test accuracy (%), eps {chosen.eps:.4g} ({chosen.norm})"
-               + (f", first {count} samples" if count else "") + "\n")
+    typer.echo(f"\n{chosen.spec_name}: test accuracy (%) on {n_used} samples, eps {chosen.eps:.4g} ({chosen.norm})\n")
     typer.echo(results_markdown([Row(name, cols) for name, cols in table.items()], first_column="Checkpoint"))
     for name, found in checks.items():
         typer.echo(f"\nsanity checks ({name}):\n" + sanity_markdown(found))
-    if chosen.run_dir is not None and attacks is None and n is None:
-        path = write_results(chosen.run_dir, chosen.spec_name, chosen.seed, table,
-                             n=n_used, sanity=checks)
-        typer.echo(f"\nwrote {path}")
+    if chosen.run_dir is not None:
+        typer.echo(f"\nkept in {chosen.run_dir / 'evaluations'}")
 
 
 @app.command()

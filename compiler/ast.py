@@ -64,6 +64,28 @@ class Neg:
 
 
 @dataclass(frozen=True)
+class Compare:
+    op: str  # one of < <= > >= == !=
+    left: Expr
+    right: Expr
+    span: Span | None = field(default=None, **_span)
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # and | or
+    left: Expr
+    right: Expr
+    span: Span | None = field(default=None, **_span)
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: Expr
+    span: Span | None = field(default=None, **_span)
+
+
+@dataclass(frozen=True)
 class KwArg:
     name: Ident
     value: Expr
@@ -87,8 +109,8 @@ class Call:
         return {a.name.name: a for a in self.args if isinstance(a, KwArg)}
 
 
-Expr = Num | Str | Name | BinOp | Neg | Call
-Arg = Num | Str | Name | BinOp | Neg | Call | KwArg | Pair
+Expr = Num | Str | Name | BinOp | Neg | Call | Compare | BoolOp | Not
+Arg = Expr | KwArg | Pair
 
 
 # --- structure --------------------------------------------------------------------------
@@ -114,7 +136,7 @@ class Clause:
 @dataclass(frozen=True)
 class Objective:
     name: Ident
-    parent: Ident | None
+    parent: Ident | Str | None  # `extends fat` (a name to look up) or `extends "lib/fat.adv"` (a file)
     clauses: tuple[Clause, ...]
     span: Span | None = field(default=None, **_span)
 
@@ -132,6 +154,14 @@ class Evaluate:
 
 
 Item = Objective | Train | Evaluate
+
+
+@dataclass(frozen=True)
+class ClauseValue:
+    """The value of a whole clause given on the command line: ``--set 'weight=... where T = 2'``."""
+
+    value: Expr
+    where: tuple[Binding, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,12 @@ class Diagnostic:
     message: str
     span: Span | None
     hint: str | None = None
-    severity: str = "error"
+    severity: str = "error"  # error | warning
+    code: str | None = None  # warnings have a name, to silence them (--allow NAME)
+
+    @property
+    def label(self) -> str:
+        return f"{self.severity}[{self.code}]" if self.code else self.severity
 
 
 @dataclass
@@ -59,10 +64,10 @@ class Sources:
 def render_one(diag: Diagnostic, sources: Sources | None = None) -> str:
     """``file:line:col: error: message``, then the source line with a caret under the span."""
     if diag.span is None:
-        head = f"{diag.severity}: {diag.message}"
+        head = f"{diag.label}: {diag.message}"
         return head + (f"\n  hint: {diag.hint}" if diag.hint else "")
     span = diag.span
-    head = f"{span.file}:{span.line}:{span.col}: {diag.severity}: {diag.message}"
+    head = f"{span.file}:{span.line}:{span.col}: {diag.label}: {diag.message}"
     text = sources.line(span.file, span.line) if sources else None
     if text is None:
         return head + (f"\n  hint: {diag.hint}" if diag.hint else "")
@@ -95,6 +100,45 @@ class SpecError(AdvcError):
 
     def render(self) -> str:
         return render(self.diagnostics, self.sources)
+
+
+class Reporter:
+    """Collects the diagnostics of one check: every problem at once, in source order."""
+
+    def __init__(self, sources: Sources | None = None):
+        self.diags: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+        self.sources = sources or Sources()
+
+    def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.diags.append(Diagnostic(message, span, hint))
+
+    def warn(self, code: str, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.warnings.append(Diagnostic(message, span, hint, severity="warning", code=code))
+
+    def extend(self, err: SpecError) -> None:
+        self.diags.extend(err.diagnostics)
+        self.sources.texts.update(err.sources.texts)
+
+    def fail_if_errors(self) -> None:
+        if self.diags:
+            raise SpecError(_in_order(self.diags), self.sources)
+
+
+def _in_order(diags: list[Diagnostic]) -> list[Diagnostic]:
+    """One diagnostic per problem, in source order."""
+
+    def key(d: Diagnostic):
+        s = d.span
+        return (s.file, s.line, s.col) if s else ("", 0, 0)
+
+    seen, unique = set(), []
+    for d in sorted(diags, key=key):
+        k = (d.message, d.span)
+        if k not in seen:
+            seen.add(k)
+            unique.append(d)
+    return unique
 
 
 def did_you_mean(word: str, choices) -> str | None:

@@ -26,6 +26,10 @@ _FRIENDLY = {
     "NUMBER": "a number",
     "STRING": "a string",
     "_WHERE": "'where'",
+    "_AND": "'and'",
+    "_OR": "'or'",
+    "_NOT": "'not'",
+    "COMPARE": "a comparison",
     "$END": "end of file",
 }
 
@@ -69,15 +73,19 @@ class _Builder(Transformer):
     def expr_start(self, children):
         return children[0]
 
+    def clause_start(self, children):
+        value, *where = children
+        return ast.ClauseValue(value, tuple(b for b in where if b is not None))
+
+    def eval_start(self, children):
+        return tuple(children)
+
     @v_args(meta=True)
     def objective(self, meta, children):
         name, parent, *clauses = children
-        return ast.Objective(
-            self._ident(name),
-            self._ident(parent) if parent is not None else None,
-            tuple(clauses),
-            span=self._span(meta),
-        )
+        if isinstance(parent, ast.Name):  # `extends fat`: keep it an identifier with its span
+            parent = ast.Ident(parent.id, parent.span)
+        return ast.Objective(self._ident(name), parent, tuple(clauses), span=self._span(meta))
 
     @v_args(meta=True)
     def train(self, meta, clauses):
@@ -124,6 +132,26 @@ class _Builder(Transformer):
     mul = _binop("*")
     div = _binop("/")
     pow = _binop("^")
+
+    @v_args(meta=True)
+    def compare(self, meta, children):
+        left, op, right = children
+        return self._nest(ast.Compare(str(op), left, right, span=self._span(meta)), left, right)
+
+    def _boolop(op):
+        @v_args(meta=True)
+        def method(self, meta, children):
+            left, right = children
+            return self._nest(ast.BoolOp(op, left, right, span=self._span(meta)), left, right)
+
+        return method
+
+    and_ = _boolop("and")
+    or_ = _boolop("or")
+
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return self._nest(ast.Not(children[0], span=self._span(meta)), children[0])
 
     @v_args(meta=True)
     def neg(self, meta, children):
@@ -197,7 +225,7 @@ def _parse_error(exc: LarkError, parser: Lark, file: str, text: str) -> Diagnost
             hint = "strings are one line of plain text with no backslashes"
         else:
             # the lexer's view of what may follow is coarse, so say what the language is made of
-            hint = "specs are made of names, numbers, \"strings\", ( ) { } , = : + - * / ^ and # comments"
+            hint = "specs are made of names, numbers, \"strings\", ( ) { } , = : + - * / ^ < > and # comments"
         return Diagnostic(f"unexpected character {ch!r}", span, hint)
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
@@ -298,11 +326,25 @@ def parse_text(text: str, file: str = "<spec>") -> ast.Spec:
 
 
 def parse_expr(text: str, file: str = "<expr>") -> ast.Expr:
-    """Parse one expression (the value of a ``--set key=value`` override)."""
+    """Parse one expression (the value of a ``--set section.param=value`` override)."""
     if text.strip() == "":
         raise SpecError([Diagnostic("empty value", Span(file, 1, 1, 1, 2), "write a number, name or call")])
     expr, _ = _run(text, file, "expr_start")
     return expr
+
+
+def parse_clause_value(text: str, file: str = "<expr>") -> ast.ClauseValue:
+    """Parse a whole clause's value with its bindings: ``--set 'weight=exp(-margin / T) where T = 2'``."""
+    if text.strip() == "":
+        raise SpecError([Diagnostic("empty value", Span(file, 1, 1, 1, 2), "write the clause's value")])
+    value, _ = _run(text, file, "clause_start")
+    return value
+
+
+def parse_eval_list(text: str, file: str = "<expr>") -> tuple[ast.Expr, ...]:
+    """Parse an evaluation list written as in an ``evaluate`` block: ``natural pgd(steps = 20)``."""
+    items, _ = _run(text, file, "eval_start")
+    return items
 
 
 def read_spec(path: str | Path) -> ast.Spec:

@@ -11,16 +11,26 @@ adversarial batch of the same shape; ``norm`` is ``"linf"`` or ``"l2"``; ``eps``
 
 from __future__ import annotations
 
-import torch
+import contextlib
+from collections.abc import Callable, Iterator
 
-from . import losses
+import torch
+from torch import nn
+
+from advc.runtime.losses import cross_entropy, kl_div
 
 __all__ = [
     "ascent_step",
     "attack_loss",
+    "eval_mode",
+    "fosc",
+    "grad_norm",
     "linf_box",
+    "loss_and_input_grad",
     "margin",
     "per_sample_norm",
+    "pgd",
+    "predict_labels",
     "project",
     "random_start",
 ]
@@ -108,6 +118,22 @@ def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, step_size: float, norm:
     return x_adv + step_size * grad / (per_sample_norm(grad) + _TINY)
 
 
+def grad_norm(grad: torch.Tensor, p: float) -> torch.Tensor:
+    """||g||_p of each sample's input gradient (p = 1, 2 or math.inf)."""
+    return grad.flatten(1).norm(p=p, dim=1)
+
+
+def fosc(grad: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Dynamic AT's first-order stationarity condition of each sample, eps * ||g||_* - <delta, g>,
+    with ||.||_* the dual norm of the threat's (L1 for L-inf, L2 for L2) and delta = x' - x.
+
+    It is >= 0 inside the ball and 0 exactly at a first-order maximum of the attack loss.
+    """
+    g, d = grad.flatten(1), delta.flatten(1)
+    dual = g.abs().sum(dim=1) if norm == "linf" else g.norm(p=2, dim=1)
+    return eps * dual - (d * g).sum(dim=1)
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """max_{y' != y} z_{y'} - z_y per sample: positive exactly when the sample is misclassified."""
     true = logits.gather(1, y[:, None]).squeeze(1)
@@ -129,11 +155,109 @@ def attack_loss(
     the TRADES attack loss (needs ``nat_logits``).
     """
     if kind == "ce":
-        return losses.cross_entropy(logits, y)
+        return cross_entropy(logits, y)
     if kind == "cw":
         return -torch.clamp(confidence - margin(logits, y), min=0.0)
     if kind == "kl":
         if nat_logits is None:  # pragma: no cover - generated code always passes it
             raise ValueError("the kl attack loss needs the natural logits")
-        return losses.kl_div(nat_logits, logits)
+        return kl_div(nat_logits, logits)
     raise ValueError(f"unknown attack loss {kind!r}")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------
+# evaluation PGD and what every evaluation attack shares
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode (attacks never see dropout or batch-norm updates), then
+    restore whatever mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def loss_and_input_grad(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits, per-sample loss and the gradient of the summed loss with respect to the input.
+
+    ``torch.autograd.grad`` on the input alone: parameter ``.grad`` fields are never written,
+    so an evaluation cannot leak gradients into a later optimiser step. A model whose output
+    does not depend differentiably on its input (the extreme of gradient masking) gets a
+    zero gradient instead of an autograd error, so the attack degrades to its random start
+    and the sanity checks can flag it.
+    """
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x_adv)
+        loss = loss_fn(logits)
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv, allow_unused=True)
+        else:
+            grad = None
+    if grad is None:
+        grad = torch.zeros_like(x_adv)
+    return logits.detach(), loss.detach(), grad.detach()
+
+
+def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's predicted classes, without building a graph."""
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def _pgd_run(model, x, y, *, eps, norm, steps, step_size, loss, init, confidence, generator) -> torch.Tensor:
+    """x^0 = random start; x^{t+1} = Π(x^t + α·step(∇ℓ)): DESIGN.md §3's PGD-K, evaluated
+    like the published code at the final iterate (not the best one)."""
+    x_adv = random_start(x, eps, norm, init, generator=generator)
+    for _ in range(steps):
+        _, _, grad = loss_and_input_grad(model, x_adv, lambda z: attack_loss(loss, z, y, confidence=confidence))
+        x_adv = project(ascent_step(x_adv, grad, step_size, norm), x, eps, norm)
+    return x_adv
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 20,
+    step_size: float | None = None,
+    restarts: int = 1,
+    loss: str = "ce",
+    init: str = "uniform",
+    confidence: float = 50.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Evaluation PGD-K: ``steps`` ascent steps of ``step_size`` (default eps/4, as GAIRAT /
+    FAT's PGD-20) on ``loss`` ("ce" or "cw") from a ``init`` start ("uniform" in the ball, or
+    "none").
+
+    With ``restarts > 1`` each further restart runs only on the samples every earlier
+    restart left correctly classified; a sample keeps the point of the restart that fooled
+    it (worst case per sample), the survivors the last restart's point.
+    """
+    step_size = eps / 4 if step_size is None else step_size
+    with eval_mode(model):
+        x, y = x.detach(), y.detach()
+        x_adv = x.clone()
+        robust = torch.ones_like(y, dtype=torch.bool)
+        for _ in range(restarts):
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            adv = _pgd_run(model, x[idx], y[idx], eps=eps, norm=norm, steps=steps, step_size=step_size, loss=loss,
+                           init=init, confidence=confidence, generator=generator)
+            x_adv[idx] = adv
+            robust[idx[predict_labels(model, adv) != y[idx]]] = False
+    return x_adv

@@ -40,16 +40,24 @@ version under L2 raises ``ValueError`` unless ``attacks`` leaves Square out.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from advc.runtime.attacks import ascent_step, attack_loss, margin, per_sample_norm, project
+from advc.runtime.attacks import (
+    ascent_step,
+    attack_loss,
+    eval_mode,
+    loss_and_input_grad,
+    margin,
+    per_sample_norm,
+    predict_labels,
+    project,
+)
 
 __all__ = [
     "STANDARD_ATTACKS",
@@ -77,50 +85,6 @@ _TINY = 1e-12
 # --------------------------------------------------------------------------------------
 # helpers shared with advc.runtime.evaluate
 # --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (attacks never see dropout or batch-norm updates), then
-    restore whatever mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def loss_and_input_grad(
-    model: nn.Module,
-    x_adv: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits, per-sample loss and the gradient of the summed loss with respect to the input.
-
-    ``torch.autograd.grad`` on the input alone: parameter ``.grad`` fields are never written,
-    so an evaluation cannot leak gradients into a later optimiser step. A model whose output
-    does not depend differentiably on its input (the extreme of gradient masking) gets a
-    zero gradient instead of an autograd error, so the attack degrades to its random start
-    and the sanity checks can flag it.
-    """
-    x_adv = x_adv.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x_adv)
-        loss = loss_fn(logits)
-        if loss.requires_grad:
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv, allow_unused=True)
-        else:
-            grad = None
-    if grad is None:
-        grad = torch.zeros_like(x_adv)
-    return logits.detach(), loss.detach(), grad.detach()
-
-
-def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's predicted classes, without building a graph."""
-    with torch.no_grad():
-        return model(x).argmax(dim=1)
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "capture_rng_state",
+    "checkpoint_digest",
     "checkpoint_path",
     "load_checkpoint",
     "restore_rng_state",
@@ -327,3 +328,19 @@ def load_checkpoint(
         raise _unreadable(p, "optimizer state is not a mapping")
     extra["rng"] = (parts["rng"], parts["rng_state"])
     return model, optim, extra
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """The sha256 a checkpoint carries over its JSON state and tensors: which weights these are.
+
+    Read from the header only; ``load_checkpoint`` is what verifies it against the content.
+    """
+    p = checkpoint_path(path)
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            digest = (f.metadata() or {}).get(_DIGEST_KEY)
+    except Exception as exc:  # safetensors raises its own error types
+        raise _unreadable(p, f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(digest, str):
+        raise _unreadable(p, "no advc digest in the safetensors header")
+    return digest

@@ -23,7 +23,6 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,10 +31,8 @@ import torch.nn.functional as F
 from advc.errors import UserError
 
 __all__ = [
-    "DATASETS",
     "DATA_ROOT_ENV",
     "Dataset",
-    "DatasetInfo",
     "DeviceLoader",
     "RandomCropFlip",
     "augment_batch",
@@ -80,15 +77,6 @@ class Dataset:
             self.num_classes,
             list(self.classes),
         )
-
-
-class DatasetInfo(NamedTuple):
-    """What is known about a data set without loading it (``None``: known only after loading)."""
-
-    loader: Callable[[Path | None, bool], Dataset]
-    num_classes: int | None
-    channels: int | None
-    image_size: int | None
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,15 +142,18 @@ def _make(name: str, xtr, ytr, xte, yte, num_classes: int, classes: list[str]) -
 # digits (embedded)
 
 
-def _load_digits(root: Path | None, download: bool) -> Dataset:
-    """scikit-learn's bundled 8x8 digits: the data set that needs no files and no network."""
+def read_digits(root: str | os.PathLike | None = None, download: bool = False, *, test: float = 0.2) -> Dataset:
+    """scikit-learn's bundled 8x8 digits: the data set that needs no files and no network.
+
+    ``test``: the fraction of the 1797 images held out as the test split (stratified, fixed seed).
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0  # pixel values are 0..16
     xtr, xte, ytr, yte = train_test_split(
-        images, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
+        images, bunch.target, test_size=test, random_state=0, stratify=bunch.target
     )
     classes = [str(c) for c in bunch.target_names]
     return _make("digits", _gray(xtr), ytr, _gray(xte), yte, 10, classes)
@@ -305,7 +296,7 @@ def _tv_download(name: str, fetch: Callable[[], object]) -> None:
         ) from exc
 
 
-def _load_cifar10(root: Path | None, download: bool) -> Dataset:
+def read_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     from torchvision.datasets import CIFAR10
 
     return _cifar(
@@ -315,7 +306,7 @@ def _load_cifar10(root: Path | None, download: bool) -> Dataset:
     )  # fmt: skip
 
 
-def _load_cifar100(root: Path | None, download: bool) -> Dataset:
+def read_cifar100(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     from torchvision.datasets import CIFAR100
 
     return _cifar(
@@ -330,7 +321,7 @@ def _load_cifar100(root: Path | None, download: bool) -> Dataset:
 # SVHN (.mat) and MNIST (idx)
 
 
-def _load_svhn(root: Path | None, download: bool) -> Dataset:
+def read_svhn(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """SVHN's ``train_32x32.mat`` / ``test_32x32.mat`` (label 10 means digit 0, as in torchvision)."""
     from scipy.io import loadmat
 
@@ -376,7 +367,7 @@ _MNIST_FILES = [
 ]
 
 
-def _load_mnist(root: Path | None, download: bool) -> Dataset:
+def read_mnist(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """MNIST through torchvision (which reads ``<root>/MNIST/raw/*-ubyte``)."""
     from torchvision.datasets import MNIST
 
@@ -447,7 +438,7 @@ def _read_image_split(folder: Path, class_to_idx: dict[str, int] | None):
     return images, labels, ds.classes if class_to_idx is None else None, mapping
 
 
-def _load_imagefolder(root: Path | None, download: bool) -> Dataset:
+def read_imagefolder(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """``root/train/<class>/*.png|jpg`` and ``root/test/<class>/*``, all one size."""
     root = _resolve_root(root)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
@@ -478,35 +469,24 @@ def _load_imagefolder(root: Path | None, download: bool) -> Dataset:
 # --------------------------------------------------------------------------------------------
 # registry and entry point
 
-DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(_load_digits, 10, 1, 8),
-    "cifar10": DatasetInfo(_load_cifar10, 10, 3, 32),
-    "cifar100": DatasetInfo(_load_cifar100, 100, 3, 32),
-    "svhn": DatasetInfo(_load_svhn, 10, 3, 32),
-    "mnist": DatasetInfo(_load_mnist, 10, 1, 28),
-    "imagefolder": DatasetInfo(_load_imagefolder, None, None, None),
-}
-
-
-def load_dataset(
-    name: str, root: str | os.PathLike | None = None, download: bool = False
-) -> Dataset:
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False, **params) -> Dataset:
     """Load a data set by name into CPU tensors (move it with ``Dataset.to`` once).
 
-    ``root`` is the data folder (``None``: ``$ADVC_DATA`` or ``./data``); ``digits`` needs none.
-    ``download`` lets torchvision fetch missing archives into ``root``.
+    The names and their parameters are advc's vocabulary (``advc.compiler.vocabulary.datasets``),
+    which also names the reader of each; ``root`` is the data folder (``None``: ``$ADVC_DATA`` or
+    ``./data``); ``digits`` needs none. ``download`` lets torchvision fetch missing archives.
     """
-    info = DATASETS.get(name.lower())
-    if info is None:
+    from advc.compiler.vocabulary.datasets import DATASETS
+
+    entry = DATASETS.get(name.lower())
+    if entry is None:
         close = difflib.get_close_matches(name.lower(), list(DATASETS), n=3)
-        known = ", ".join(DATASETS)
         raise UserError(
-            f"unknown data set {name!r}"
-            + (f"; did you mean {' or '.join(close)}?" if close else ""),
+            f"unknown data set {name!r}" + (f"; did you mean {' or '.join(close)}?" if close else ""),
             where=name,
-            hint=f"known data sets: {known}",
+            hint=f"known data sets: {', '.join(DATASETS)}",
         )
-    return info.loader(None if root is None else Path(root), download)
+    return globals()[entry.reader](root, download, **params)
 
 
 def split_validation(

@@ -1,9 +1,15 @@
 """``advc eval``: the seed-style table for a run folder or one checkpoint, with sanity checks.
 
-A run folder says everything about its model (``resolved.json``: data set, model, threat,
-evaluation list), so ``advc eval runs/quickstart`` needs nothing else; a lone checkpoint
-needs ``--spec`` to say which model and data it belongs to. ``--attacks`` replaces the
-evaluation list with one written as in an ``evaluate`` block and checked the same way.
+A run folder is data, never code: everything about its model -- data set, model, threat, the
+evaluation list -- is rebuilt from the spec files it recorded (``run.json`` names them, ``spec/``
+holds them) through the checker and the compiler, and the rebuilt program's training identity
+must equal the one stored in each checkpoint. ``resolved.json`` is a record for people that
+nothing reads back. A lone checkpoint needs ``--spec``; ``--attacks`` replaces the evaluation list
+with one written as in an ``evaluate`` block and checked the same way.
+
+What ``advc eval`` measures is kept: one file per checkpoint in ``<run>/evaluations/`` (which
+weights, which attacks with every parameter, n, ε, the accuracies and the sanity checks), never
+overwriting another evaluation and never touching the training record (``results.json``).
 """
 
 from __future__ import annotations
@@ -20,123 +26,186 @@ CHECKPOINT_NAMES = ("best", "last")
 
 @dataclass
 class EvalTarget:
-    """What to evaluate: checkpoints, the model/data they belong to, the attacks."""
+    """What to evaluate: the checked program the checkpoints belong to, and the checkpoints."""
 
-    spec_name: str
-    seed: int
-    train: dict
-    evaluate: list
-    eps: float
-    norm: str
+    program: object  # advc.compiler.ir.Program
     checkpoints: dict[str, Path]
     run_dir: Path | None
 
+    @property
+    def spec_name(self) -> str:
+        return self.program.name
 
-def _from_run_dir(run_dir: Path) -> EvalTarget:
-    resolved = run_dir / "resolved.json"
+    @property
+    def seed(self) -> int:
+        return self.program.train.seed
+
+    @property
+    def norm(self) -> str:
+        return self.program.threat.norm
+
+    @property
+    def eps(self) -> float:
+        """The radius models are evaluated at: the spec's (for a schedule, its value at the last epoch)."""
+        return final_eps(self.program)
+
+
+def final_eps(program) -> float:
+    """The radius a run is evaluated at: its threat's ε at the last epoch."""
+    from advc.compiler.program import value_at
+
+    eps = program.threat.eps
+    return float(eps.const) if eps.const is not None else float(value_at(program, "threat.eps", program.train.epochs - 1))
+
+
+def read_run_record(run_dir: Path) -> dict:
+    """``run.json``, checked field by field (it decides which spec files are compiled)."""
+    path = run_dir / "run.json"
     try:
-        info = json.loads(resolved.read_text(encoding="utf-8"))
-        target = EvalTarget(
-            spec_name=str(info["spec"]), seed=int(info["train"]["seed"]), train=dict(info["train"]),
-            evaluate=list(info["evaluate"]), eps=float(info["eps"]), norm=str(info["norm"]),
-            checkpoints={}, run_dir=run_dir,
-        )
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError("not a run folder: no resolved.json", where=str(run_dir),
+        raise UserError("not a run folder: no run.json", where=str(run_dir),
                         hint="point at a folder written by advc run, or at a checkpoint with --spec") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"resolved.json is unreadable: {exc}", where=str(resolved)) from None
-    for name in CHECKPOINT_NAMES:
-        path = run_dir / "checkpoints" / f"{name}.safetensors"
-        if path.is_file():
-            target.checkpoints[name] = path
-    if not target.checkpoints:
+    except (OSError, ValueError) as exc:
+        raise UserError(f"run.json is unreadable: {exc}", where=str(path)) from None
+
+    def bad(field: str, why: str) -> UserError:
+        return UserError(f"run.json field '{field}' {why}", where=str(path),
+                         hint="the run folder was edited or damaged; evaluate a checkpoint with --spec instead")
+
+    if not isinstance(data, dict) or data.get("format") != "advc-run":
+        raise bad("format", "is not 'advc-run'")
+    for field, kind in (("entry", str), ("files", list), ("overrides", list), ("training_id", str)):
+        if not isinstance(data.get(field), kind):
+            raise bad(field, f"must be a {kind.__name__}")
+    if not all(isinstance(o, str) for o in data["overrides"]):
+        raise bad("overrides", "must be a list of key=value strings")
+    for item in data["files"]:
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not isinstance(item.get("copy"), str):
+            raise bad("files", "must list {path, copy} entries")
+        copy = Path(item["copy"])
+        if copy.is_absolute() or ".." in copy.parts or copy.parts[:1] != ("spec",):
+            raise bad("files", f"names a copy outside the folder's spec/: {item['copy']!r}")
+    return data
+
+
+def _from_run_dir(run_dir: Path, spec: Path | None, overrides, trust_code: bool) -> EvalTarget:
+    from advc.compiler.check import check_file
+    from advc.compiler.identity import training_id
+
+    record = read_run_record(run_dir)
+    if spec is not None:  # the user's spec says model/data/attacks; the folder gives the checkpoints
+        program = check_file(spec, overrides or None)
+    else:
+        files = {}
+        for item in record["files"]:
+            try:
+                files[item["path"]] = (run_dir / item["copy"]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"the run folder's spec file is unreadable: {exc}", where=str(run_dir / item["copy"]),
+                                hint="the run folder is incomplete; evaluate a checkpoint with --spec") from None
+        program = check_file(record["entry"], [*record["overrides"], *(overrides or [])] or None, files=files)
+        if training_id(program) != record["training_id"]:
+            raise UserError("the run folder's spec files do not rebuild the run they claim (training identity "
+                            "differs)", where=str(run_dir / "spec"),
+                            hint="the folder was edited; evaluate a checkpoint with --spec SPEC")
+    checkpoints = {name: run_dir / "checkpoints" / f"{name}.safetensors" for name in CHECKPOINT_NAMES
+                   if (run_dir / "checkpoints" / f"{name}.safetensors").is_file()}
+    if not checkpoints:
         raise UserError("the run folder holds no checkpoint", where=str(run_dir / "checkpoints"),
                         hint="train first: advc run SPEC --out " + str(run_dir))
-    return target
+    return EvalTarget(program, checkpoints, run_dir)
 
 
-def _from_spec(spec: Path, checkpoint: Path | None, overrides) -> EvalTarget:
-    from advc.api import compile_spec, import_generated
-    from advc.runtime.train import threat_eps
+def resolve_target(target: Path, spec: Path | None, overrides=None, *, trust_code: bool = False) -> EvalTarget:
+    from advc.compiler.check import check_file
 
-    program, source = compile_spec(spec, overrides)
-    module = import_generated(source, f"<advc {program.name}>", f"advc_eval_{program.spec_hash[:12]}")
-    train = dict(module.TRAIN)
-    checkpoints = {checkpoint.stem: checkpoint} if checkpoint is not None else {}
-    return EvalTarget(program.name, int(train["seed"]), train, [dict(item) for item in module.EVALUATE],
-                      threat_eps(module, int(train["epochs"])), module.NORM, checkpoints, None)
-
-
-def resolve_target(target: Path, spec: Path | None, overrides=None) -> EvalTarget:
     if target.is_dir():
-        found = _from_run_dir(target)
-        if spec is not None:  # the spec says model/data/attacks; the folder gives the checkpoints
-            chosen = _from_spec(spec, None, overrides)
-            chosen.checkpoints, chosen.run_dir = found.checkpoints, found.run_dir
-            return chosen
-        return found
-    if not target.exists():
+        found = _from_run_dir(target, spec, overrides, trust_code)
+    elif not target.exists():
         raise UserError("no such run folder or checkpoint", where=str(target))
-    if spec is None:
+    elif spec is None:
         raise UserError("a checkpoint alone does not say its model and data", where=str(target),
                         hint="pass --spec SPEC (the spec it was trained with)")
-    return _from_spec(spec, target, overrides)
+    else:
+        found = EvalTarget(check_file(spec, overrides or None), {target.stem: target}, None)
+    program = found.program
+    if program.train is None:
+        raise UserError(f"objective '{program.name}' has no train block: it does not say its model and data",
+                        where=str(spec or target), hint="evaluate with the spec the model was trained with")
+    if program.train.user_model and not trust_code:
+        raise UserError(f"the spec names the model {program.train.model!r}, which imports and runs the module "
+                        f"{program.train.model.partition(':')[0]!r}", where=str(spec or target),
+                        hint="advc runs code a spec names only when you trust it: add --trust-code")
+    return found
 
 
 def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | None = None,
                     batch_size: int = 256, data_root: str | None = None, sanity: bool = True,
-                    quiet: bool = False) -> tuple[dict, dict, int]:
-    """Evaluate every checkpoint of ``target``.
+                    quiet: bool = False, trust_code: bool = False) -> tuple[dict, dict, int]:
+    """Evaluate every checkpoint of ``target``; keep each evaluation in the run folder.
 
     Returns ({checkpoint: {label: %}}, {checkpoint: checks}, number of test samples used).
     """
     from advc.compiler.check import check_attacks
-    from advc.runtime.checkpoint import load_checkpoint
+    from advc.compiler.identity import training_id
+    from advc.compiler.lower import eval_text
+    from advc.runtime.checkpoint import checkpoint_digest, load_checkpoint
     from advc.runtime.data import load_dataset
     from advc.runtime.evaluate import evaluate_model, parse_attack_list, sanity_checks
+    from advc.runtime.loop import load_model_state
     from advc.runtime.models import build_model
+    from advc.runtime.results import write_evaluation
 
-    if attacks is not None:
-        items = [dict(a.params, name=a.name) for a in check_attacks(attacks)]
-        target.evaluate = items
-    configs = parse_attack_list(target.evaluate)
-    train = target.train
-    data_args = dict(train.get("data_args") or {})
-    data = load_dataset(train["data"], data_root if data_root is not None else data_args.get("root"), False)
+    if n is not None and n < 1:
+        raise UserError("--n must be at least 1", where="--n")
+    if batch_size < 1:
+        raise UserError(f"--batch must be at least 1, got {batch_size}", where="--batch")
+    program = target.program
+    chosen = check_attacks(attacks) if attacks is not None else program.evaluate
+    text = " ".join(eval_text(a) for a in chosen)
+    configs = parse_attack_list(chosen)
+    t = program.train
+    args = dict(t.data_args)
+    root = data_root if data_root is not None else args.pop("root", None)
+    args.pop("download", None)
+    data = load_dataset(t.data, root, False, **args)
     x, y = data.x_test, data.y_test
     if n is not None:
-        if n < 1:
-            raise UserError("--n must be at least 1", where="--n")
         x, y = x[:n], y[:n]
-    model = build_model(train["model"], in_channels=data.in_channels, num_classes=data.num_classes,
-                        **dict(train.get("model_args") or {}))
+    model = build_model(t.model, in_channels=data.in_channels, num_classes=data.num_classes, trust_code=trust_code,
+                        **dict(t.model_args))
+    expected = training_id(program)
     table: dict[str, dict[str, float]] = {}
     checks: dict[str, list] = {}
-    seen: dict[int, str] = {}
+    seen: dict[str, str] = {}
     for name, path in target.checkpoints.items():
         state, _, extra = load_checkpoint(path)
-        epoch = int(extra.get("epoch", -1))
-        if epoch >= 0 and epoch in seen:  # best is often the last epoch: same weights, same numbers
-            table[name], checks[name] = dict(table[seen[epoch]]), list(checks.get(seen[epoch], []))
+        if extra.get("training_id") != expected:
+            raise UserError("the checkpoint was trained with other settings than the spec says", where=str(path),
+                            hint="evaluate with the spec (and --set values) it was trained with")
+        digest = checkpoint_digest(path)
+        if digest in seen:  # best is often the last epoch: same weights, same numbers
+            table[name], checks[name] = dict(table[seen[digest]]), list(checks.get(seen[digest], []))
             continue
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise UserError(f"checkpoint does not fit model {train['model']!r}: {str(exc).splitlines()[0]}",
-                            where=str(path), hint="pass the --spec it was trained with") from None
+        load_model_state(model, state, path)
         model.eval()
         table[name] = {}
+        start = time.perf_counter()
         for config in configs:
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             result = evaluate_model(model, x, y, [config], eps=target.eps, norm=target.norm, batch_size=batch_size)
             table[name].update(result)
             if not quiet:
-                print(f"{name}: {config.label} {result[config.label]:.2f}%  ({time.perf_counter() - start:.1f}s)",
+                print(f"{name}: {config.label} {result[config.label]:.2f}%  ({time.perf_counter() - t0:.1f}s)",
                       flush=True)
         if sanity:
             checks[name] = sanity_checks(model, x, y, table[name], eps=target.eps, norm=target.norm,
                                          batch_size=batch_size)
-        if epoch >= 0:
-            seen[epoch] = name
+        if target.run_dir is not None:
+            write_evaluation(target.run_dir, checkpoint=name, weights_sha256=digest,
+                             epoch=int(extra.get("epoch", 0)), attacks=text, n=int(x.shape[0]), eps=target.eps,
+                             norm=target.norm, results=table[name], sanity=checks.get(name),
+                             seconds=time.perf_counter() - start)
+        seen[digest] = name
     return table, checks, int(x.shape[0])

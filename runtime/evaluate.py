@@ -44,9 +44,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from advc.compiler.vocabulary.evaluation import ATTACKS as VOCABULARY
+from advc.compiler.vocabulary.evaluation import label as vocabulary_label
 from advc.errors import UserError
 from advc.runtime import autoattack as aa
-from advc.runtime.attacks import ascent_step, attack_loss, project, random_start
+from advc.runtime.attacks import eval_mode, pgd, predict_labels
 
 __all__ = [
     "ATTACK_NAMES",
@@ -67,83 +69,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
-# the attacks (each returns x_adv)
+# the attacks: one runner per entry of advc.compiler.vocabulary.evaluation (each returns x_adv)
 # --------------------------------------------------------------------------------------
-
-
-def _pgd_run(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str,
-    steps: int,
-    step_size: float,
-    loss: str,
-    init: str,
-    confidence: float,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """x^0 = random start; x^{t+1} = Π(x^t + α·step(∇ℓ)): DESIGN.md §3's PGD-K, evaluated
-    like the published code at the final iterate (not the best one)."""
-    x_adv = random_start(x, eps, norm, init, generator=generator)
-    for _ in range(steps):
-        _, _, grad = aa.loss_and_input_grad(
-            model, x_adv, lambda z: attack_loss(loss, z, y, confidence=confidence)
-        )
-        x_adv = project(ascent_step(x_adv, grad, step_size, norm), x, eps, norm)
-    return x_adv
-
-
-def pgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 20,
-    step_size: float | None = None,
-    restarts: int = 1,
-    loss: str = "ce",
-    init: str = "uniform",
-    confidence: float = 50.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """PGD-K: ``steps`` ascent steps of ``step_size`` (default eps/4, as GAIRAT / FAT's
-    PGD-20) on ``loss`` ("ce" or "cw") from a ``init`` start ("uniform" in the ball, or
-    "none").
-
-    With ``restarts > 1`` each further restart runs only on the samples every earlier
-    restart left correctly classified; a sample keeps the point of the restart that fooled
-    it (worst case per sample), the survivors the last restart's point.
-    """
-    step_size = eps / 4 if step_size is None else step_size
-    with aa.eval_mode(model):
-        x, y = x.detach(), y.detach()
-        x_adv = x.clone()
-        robust = torch.ones_like(y, dtype=torch.bool)
-        for _ in range(restarts):
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            adv = _pgd_run(
-                model,
-                x[idx],
-                y[idx],
-                eps=eps,
-                norm=norm,
-                steps=steps,
-                step_size=step_size,
-                loss=loss,
-                init=init,
-                confidence=confidence,
-                generator=generator,
-            )
-            x_adv[idx] = adv
-            robust[idx[aa.predict_labels(model, adv) != y[idx]]] = False
-    return x_adv
 
 
 def natural(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -151,104 +78,80 @@ def natural(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **_: Any) -> tor
     return x.detach().clone()
 
 
-def fgsm(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    init: str = "uniform",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def fgsm(model, x, y, *, eps: float, norm: str = "linf", init: str = "uniform", generator=None, **_: Any):
     """FGSM as FAT / GAIRAT evaluate it: one CE step of size eps from a uniform random
     start (``rand_init=True``), projected back. ``init="none"`` is the classic FGSM of
     Goodfellow et al., optimal against a linear model."""
-    return pgd(
-        model, x, y, eps=eps, norm=norm, steps=1, step_size=eps, init=init, generator=generator
-    )
+    return pgd(model, x, y, eps=eps, norm=norm, steps=1, step_size=eps, init=init, generator=generator)
 
 
-def cw(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 30,
-    step_size: float | None = None,
-    restarts: int = 1,
-    confidence: float = 50.0,
-    init: str = "uniform",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def pgd_attack(model, x, y, *, eps, norm="linf", steps=20, step_size=None, restarts=1, loss="ce", init="uniform",
+               generator=None, **_: Any):
+    """PGD-K on the cross-entropy (or the CW loss), step eps/4, uniform random start."""
+    return pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts, loss=loss,
+               init=init, generator=generator)
+
+
+def cw(model, x, y, *, eps, norm="linf", steps=30, step_size=None, restarts=1, confidence=50.0, init="uniform",
+       generator=None, **_: Any):
     """CW∞ of the FAT / GAIRAT tables: PGD on the CW margin loss
     ``attack_loss("cw", confidence=50)``, 30 steps of eps/4 from a uniform start."""
-    return pgd(
-        model,
-        x,
-        y,
-        eps=eps,
-        norm=norm,
-        steps=steps,
-        step_size=step_size,
-        restarts=restarts,
-        loss="cw",
-        init=init,
-        confidence=confidence,
-        generator=generator,
-    )
+    return pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts, loss="cw",
+               init=init, confidence=float(confidence), generator=generator)
 
 
-def autoattack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    generator: torch.Generator | None = None,
-    **options: Any,
-) -> torch.Tensor:
-    """AutoAttack, standard version. ``options`` go to
-    :func:`advc.runtime.autoattack.run_autoattack` (``steps``, ``n_targets``,
-    ``square_queries``, ``rescale_schedule``, ``attacks``)."""
-    return aa.autoattack(model, x, y, eps=eps, norm=norm, generator=generator, **options)
+def autoattack(model, x, y, *, eps, norm="linf", generator=None, queries=5000, n_targets=9, **options: Any):
+    """AutoAttack, standard version (``options``: the Python API's tuning knobs ``version``,
+    ``attacks``, ``rescale_schedule``, ``square_queries`` -- see :mod:`advc.runtime.autoattack`)."""
+    options.setdefault("square_queries", queries)
+    if "attacks" in options:
+        options["attacks"] = tuple(options["attacks"])
+    return aa.autoattack(model, x, y, eps=eps, norm=norm, generator=generator, n_targets=n_targets,
+                         **{k: v for k, v in options.items() if k in _AUTOATTACK_KNOBS})
 
+
+def square(model, x, y, *, eps, norm="linf", queries=5000, p_init=0.8, rescale_schedule=False, generator=None,
+           **_: Any):
+    """The black-box Square attack."""
+    return aa.square(model, x, y, eps=eps, norm=norm, queries=queries, p_init=float(p_init),
+                     rescale_schedule=bool(rescale_schedule), generator=generator)
+
+
+def apgd_ce(model, x, y, *, eps, norm="linf", steps=100, restarts=1, generator=None, **_: Any):
+    return aa.apgd(model, x, y, eps=eps, norm=norm, steps=steps, restarts=restarts, generator=generator)
+
+
+def apgd_t(model, x, y, *, eps, norm="linf", steps=100, n_targets=9, generator=None, **_: Any):
+    return aa.apgd_targeted(model, x, y, eps=eps, norm=norm, steps=steps, n_targets=n_targets, generator=generator)
+
+
+def fab_t(model, x, y, *, eps, norm="linf", steps=100, n_targets=9, **_: Any):
+    return aa.fab_targeted(model, x, y, eps=eps, norm=norm, steps=steps, n_targets=n_targets)
+
+
+_RUNNERS = {"natural": natural, "fgsm": fgsm, "pgd": pgd_attack, "cw": cw, "autoattack": autoattack,
+            "square": square, "apgd_ce": apgd_ce, "apgd_t": apgd_t, "fab_t": fab_t}  # fmt: skip
+# tuning knobs of the Python API beyond the language's parameters (advc.compiler.vocabulary.evaluation)
+_AUTOATTACK_KNOBS = {"version", "attacks", "rescale_schedule", "square_queries"}
+_KNOBS = {"autoattack": _AUTOATTACK_KNOBS, "square": {"rescale_schedule"}, "pgd": {"confidence"}}
 
 # --------------------------------------------------------------------------------------
-# declarative attack descriptions
+# declarative attack descriptions (names, parameters, defaults and labels: the vocabulary's)
 # --------------------------------------------------------------------------------------
 
-#: Attack name -> (label, default steps, parameters allowed in ``AttackConfig.params``).
-_ATTACKS: dict[str, tuple[str, int | None, frozenset[str]]] = {
-    "natural": ("Natural", None, frozenset()),
-    "fgsm": ("FGSM", 1, frozenset({"init"})),
-    "pgd": ("PGD", 20, frozenset({"loss", "init", "confidence"})),
-    "cw": ("CW∞", 30, frozenset({"init", "confidence"})),
-    "autoattack": (
-        "AA",
-        100,
-        frozenset({"version", "n_targets", "square_queries", "rescale_schedule", "attacks"}),
-    ),
-    "apgd-ce": ("APGD-CE", 100, frozenset()),
-    "apgd-t": ("APGD-T", 100, frozenset({"n_targets"})),
-    "fab-t": ("FAB-T", 100, frozenset({"n_targets"})),
-    "square": ("Square", 5000, frozenset({"p_init", "rescale_schedule"})),
-}
-ATTACK_NAMES: tuple[str, ...] = tuple(_ATTACKS)
+ATTACK_NAMES: tuple[str, ...] = tuple(VOCABULARY)
+assert set(_RUNNERS) == set(VOCABULARY), "every evaluation attack of the vocabulary has a runner"
 
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """One evaluation attack, declaratively.
+    """One evaluation attack, declaratively (the runtime's form of an ``evaluate`` entry).
 
     ``steps``: iterations (PGD / CW / APGD / FAB; for ``square`` the number of queries);
     ``None`` takes the attack's published default. ``step_size``: ``None`` is eps/4 for
     PGD / CW (eps for FGSM). ``eps``: ``None`` uses the threat's ε passed to the driver.
-    ``restarts``: random restarts (PGD / CW / APGD-CE). ``params``: attack-specific options
-    (``confidence`` for CW, ``square_queries`` for AutoAttack, ...).
+    ``restarts``: random restarts (PGD / CW / APGD-CE). ``params``: the attack's other
+    parameters (``confidence`` for CW, ``queries`` for AutoAttack, ...).
     """
 
     name: str
@@ -258,23 +161,87 @@ class AttackConfig:
     restarts: int = 1
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    def full_params(self) -> dict[str, Any]:
+        """Every parameter of the vocabulary entry, defaults filled in."""
+        entry = VOCABULARY[_name(self.name)]
+        out = {k: p.default for k, p in entry.params.items()}
+        fields = {"steps": self.steps, "step_size": self.step_size, "eps": self.eps, "restarts": self.restarts}
+        for k, v in fields.items():
+            if k in entry.params and (v is not None or k not in out):
+                out[k] = v
+        if _name(self.name) == "square" and self.steps is not None:
+            out["queries"] = self.steps
+        out.update({k: v for k, v in self.params.items() if k in entry.params})
+        return out
+
     @property
     def label(self) -> str:
         """The column name of the papers' tables: "Natural", "FGSM", "PGD-20", "CW∞",
         "PGD-100", "AA"; a non-default ε or restart count is added in parentheses so two
         different attacks never share a column."""
-        base, default_steps, _ = _ATTACKS[self.name]
-        steps = default_steps if self.steps is None else self.steps
-        if self.name == "pgd":
-            base = f"PGD-{steps}"
-        elif self.name == "cw" and steps != default_steps:
-            base = f"CW∞-{steps}"
-        extras = []
-        if self.eps is not None:
-            extras.append(f"ε={self.eps:.4g}")
-        if self.restarts != 1:
-            extras.append(f"{self.restarts} restarts")
-        return f"{base} ({', '.join(extras)})" if extras else base
+        return vocabulary_label(_name(self.name), self.full_params())
+
+    @classmethod
+    def from_ir(cls, attack) -> AttackConfig:
+        """The runtime form of a checked ``ir.EvalAttack``."""
+        p = dict(attack.params)
+        fields = {k: p.pop(k) for k in ("steps", "step_size", "eps") if k in p}
+        restarts = p.pop("restarts", 1) or 1
+        return cls(attack.name, restarts=restarts, params={k: v for k, v in p.items() if v is not None}, **fields)
+
+
+def _name(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def _as_config(item: Any, position: int) -> AttackConfig:
+    where = f"evaluation attack #{position + 1}"
+    if isinstance(item, AttackConfig):
+        item = {"name": item.name, "steps": item.steps, "step_size": item.step_size, "eps": item.eps,
+                "restarts": item.restarts, "params": dict(item.params)}
+    elif isinstance(item, str):
+        item = {"name": item}
+    elif hasattr(item, "params") and hasattr(item, "name"):  # a checked ir.EvalAttack
+        return AttackConfig.from_ir(item)
+    if not isinstance(item, Mapping):
+        raise UserError(f"an evaluation attack must be a name or a mapping, got {item!r}", where=where)
+    item = dict(item)
+    name = item.pop("name", None)
+    if not isinstance(name, str):
+        raise UserError("an evaluation attack needs a 'name'", where=where, hint=f"one of {', '.join(ATTACK_NAMES)}")
+    name = _name(name)
+    if name not in VOCABULARY:
+        raise UserError(f"unknown evaluation attack {name!r}", where=where,
+                        hint=_did_you_mean(name, ATTACK_NAMES) or f"one of {', '.join(ATTACK_NAMES)}")
+    params = dict(item.pop("params", None) or {})
+    fields = {k: item.pop(k) for k in ("steps", "step_size", "eps", "restarts") if k in item}
+    params.update(item)  # any other key is an attack parameter
+    table = VOCABULARY[name].params
+    allowed = set(table) | _KNOBS.get(name, set())
+    for key, value in params.items():
+        if key not in allowed:
+            hint = _did_you_mean(key, allowed | {"steps", "step_size", "eps", "restarts"})
+            raise UserError(f"attack {name!r} has no parameter {key!r}", where=where,
+                            hint=hint or (f"it accepts {', '.join(sorted(allowed))}" if allowed else None))
+        problem = _bad_parameter(key, value, table.get(key))
+        if problem:
+            raise UserError(f"attack {name!r}: {key} {problem}, got {value!r}", where=where)
+
+    def number(key: str, kind: type, minimum: float):
+        value = fields.get(key)
+        if value is None:
+            return None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and kind is int:
+            ok = float(value).is_integer()
+        if not ok or not math.isfinite(value) or value < minimum:
+            raise UserError(f"attack {name!r}: {key} must be a {'whole ' if kind is int else ''}number >= {minimum:g}, "
+                            f"got {value!r}", where=where)
+        return kind(value)
+
+    restarts = number("restarts", int, 1)
+    return AttackConfig(name=name, steps=number("steps", int, 1), step_size=number("step_size", float, 0.0),
+                        eps=number("eps", float, 0.0), restarts=1 if restarts is None else restarts, params=params)
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
@@ -282,30 +249,26 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean {close[0]!r}?" if close else None
 
 
-def _is_int(v: Any, minimum: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
-def _bad_parameter(key: str, value: Any) -> str | None:
+def _bad_parameter(key: str, value: Any, param) -> str | None:
     """Why ``value`` is not acceptable for the attack parameter ``key`` (None if it is)."""
-    if key == "init" and value not in ("uniform", "none", "normal"):
-        return "must be 'uniform', 'none' or 'normal'"
-    if key == "loss" and value not in ("ce", "cw"):
-        return "must be 'ce' or 'cw'"
+    if param is not None:
+        if param.kind == "choice" and value not in param.choices:
+            return "must be " + ", ".join(repr(c) for c in param.choices[:-1]) + f" or {param.choices[-1]!r}"
+        if param.kind in ("int", "num"):
+            whole = param.kind == "int"
+            if not _is_number(value) or (whole and not float(value).is_integer()) or param.violated(value):
+                return f"must be a {'whole ' if whole else ''}number {param.range_text()}"
+        return None
     if key == "version" and value != "standard":
         return "must be 'standard' (the only AutoAttack version implemented)"
-    if key == "attacks" and (
-        isinstance(value, str) or not all(a in aa.STANDARD_ATTACKS for a in value)
-    ):
+    if key == "attacks" and (isinstance(value, str) or not all(a in aa.STANDARD_ATTACKS for a in value)):
         return f"must be a list drawn from {', '.join(aa.STANDARD_ATTACKS)}"
-    if key in ("n_targets", "square_queries") and not _is_int(value, 1):
+    if key == "square_queries" and not (_is_number(value) and float(value).is_integer() and value >= 1):
         return "must be a whole number >= 1"
+    if key in ("rescale_schedule",) and not isinstance(value, bool):
+        return "must be true or false"
     if key == "confidence" and not (_is_number(value) and value >= 0):
         return "must be a number >= 0"
-    if key == "p_init" and not (_is_number(value) and 0 < value <= 1):
-        return "must be a number in (0, 1]"
-    if key == "rescale_schedule" and not isinstance(value, bool):
-        return "must be true or false"
     return None
 
 
@@ -313,88 +276,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _as_config(item: Any, position: int) -> AttackConfig:
-    where = f"evaluation attack #{position + 1}"
-    if isinstance(item, AttackConfig):
-        item = {
-            "name": item.name,
-            "steps": item.steps,
-            "step_size": item.step_size,
-            "eps": item.eps,
-            "restarts": item.restarts,
-            "params": dict(item.params),
-        }
-    elif isinstance(item, str):
-        item = {"name": item}
-    if not isinstance(item, Mapping):
-        raise UserError(
-            f"an evaluation attack must be a name or a mapping, got {item!r}", where=where
-        )
-    item = dict(item)
-    name = item.pop("name", None)
-    if not isinstance(name, str):
-        raise UserError(
-            "an evaluation attack needs a 'name'",
-            where=where,
-            hint=f"one of {', '.join(ATTACK_NAMES)}",
-        )
-    name = name.lower().replace("_", "-")
-    if name not in _ATTACKS:
-        raise UserError(
-            f"unknown evaluation attack {name!r}",
-            where=where,
-            hint=_did_you_mean(name, ATTACK_NAMES) or f"one of {', '.join(ATTACK_NAMES)}",
-        )
-    if "queries" in item:  # the spec language's name for Square's query budget
-        item["square_queries" if name == "autoattack" else "steps"] = item.pop("queries")
-    params = dict(item.pop("params", None) or {})
-    fields = {k: item.pop(k) for k in ("steps", "step_size", "eps", "restarts") if k in item}
-    params.update(item)  # any other key is an attack-specific parameter
-    allowed = _ATTACKS[name][2]
-    for key in params:
-        if key not in allowed:
-            hint = _did_you_mean(key, allowed | {"steps", "step_size", "eps", "restarts"})
-            raise UserError(
-                f"attack {name!r} has no parameter {key!r}",
-                where=where,
-                hint=hint or (f"it accepts {', '.join(sorted(allowed))}" if allowed else None),
-            )
-
-    for key, value in params.items():
-        problem = _bad_parameter(key, value)
-        if problem:
-            raise UserError(f"attack {name!r}: {key} {problem}, got {value!r}", where=where)
-
-    def number(key: str, kind: type, minimum: float, *, allow_none: bool = True):
-        value = fields.get(key)
-        if value is None and allow_none:
-            return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and kind is int:
-            ok = float(value).is_integer()
-        if not ok or not math.isfinite(value) or value < minimum:
-            raise UserError(
-                f"attack {name!r}: {key} must be a {'whole ' if kind is int else ''}"
-                f"number >= {minimum:g}, got {value!r}",
-                where=where,
-            )
-        return kind(value)
-
-    restarts = number("restarts", int, 1, allow_none=False) if "restarts" in fields else 1
-    return AttackConfig(
-        name=name,
-        steps=number("steps", int, 1),
-        step_size=number("step_size", float, 0.0),
-        eps=number("eps", float, 0.0),
-        restarts=restarts,
-        params=params,
-    )
-
-
 def parse_attack_list(items: Iterable[Any]) -> list[AttackConfig]:
-    """Build :class:`AttackConfig` objects from plain data: names (``"natural"``) or dicts
+    """Build :class:`AttackConfig` objects from plain data: names (``"natural"``), dicts
     (``{"name": "pgd", "steps": 20}``; keys other than name / steps / step_size / eps /
-    restarts / params are attack parameters, e.g. ``{"name": "cw", "confidence": 50}``).
+    restarts / params are attack parameters) or checked ``ir.EvalAttack`` entries.
 
     Unknown attacks or parameters, bad numbers, and two attacks with the same column label
     raise :class:`advc.errors.UserError` with a "did you mean" hint where one exists.
@@ -403,10 +288,8 @@ def parse_attack_list(items: Iterable[Any]) -> list[AttackConfig]:
     seen: dict[str, int] = {}
     for i, cfg in enumerate(configs):
         if cfg.label in seen:
-            raise UserError(
-                f"two evaluation attacks share the column {cfg.label!r}",
-                where=f"evaluation attacks #{seen[cfg.label] + 1} and #{i + 1}",
-            )
+            raise UserError(f"two evaluation attacks share the column {cfg.label!r}",
+                            where=f"evaluation attacks #{seen[cfg.label] + 1} and #{i + 1}")
         seen[cfg.label] = i
     return configs
 
@@ -425,99 +308,15 @@ def _device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torc
     return x.device, x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
-def _attack_batch(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: AttackConfig,
-    *,
-    eps: float,
-    norm: str,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    eps = attack.eps if attack.eps is not None else eps
-    p = dict(attack.params)
-    name, steps = attack.name, attack.steps
-    if name == "natural":
-        return natural(model, x, y)
-    if name == "fgsm":
-        step = eps if attack.step_size is None else attack.step_size
-        return pgd(
-            model,
-            x,
-            y,
-            eps=eps,
-            norm=norm,
-            steps=steps or 1,
-            step_size=step,
-            init=p.get("init", "uniform"),
-            generator=generator,
-        )
-    if name in ("pgd", "cw"):
-        return pgd(
-            model,
-            x,
-            y,
-            eps=eps,
-            norm=norm,
-            steps=steps if steps is not None else _ATTACKS[name][1],
-            step_size=attack.step_size,
-            restarts=attack.restarts,
-            loss=p.get("loss", "cw" if name == "cw" else "ce"),
-            init=p.get("init", "uniform"),
-            confidence=float(p.get("confidence", 50.0)),
-            generator=generator,
-        )
-    if name == "autoattack":
-        options = {
-            k: p[k]
-            for k in ("version", "n_targets", "square_queries", "rescale_schedule")
-            if k in p
-        }
-        if "attacks" in p:
-            options["attacks"] = tuple(p["attacks"])
-        return autoattack(
-            model, x, y, eps=eps, norm=norm, steps=steps or 100, generator=generator, **options
-        )
-    if name == "apgd-ce":
-        return aa.apgd(
-            model,
-            x,
-            y,
-            eps=eps,
-            norm=norm,
-            steps=steps or 100,
-            restarts=attack.restarts,
-            generator=generator,
-        )
-    if name == "apgd-t":
-        return aa.apgd_targeted(
-            model,
-            x,
-            y,
-            eps=eps,
-            norm=norm,
-            steps=steps or 100,
-            n_targets=p.get("n_targets", 9),
-            generator=generator,
-        )
-    if name == "fab-t":
-        return aa.fab_targeted(
-            model, x, y, eps=eps, norm=norm, steps=steps or 100, n_targets=p.get("n_targets", 9)
-        )
-    if name == "square":
-        return aa.square(
-            model,
-            x,
-            y,
-            eps=eps,
-            norm=norm,
-            queries=steps or 5000,
-            p_init=float(p.get("p_init", 0.8)),
-            rescale_schedule=bool(p.get("rescale_schedule", False)),
-            generator=generator,
-        )
-    raise ValueError(f"unknown attack {name!r}")  # pragma: no cover - parse_attack_list rejects it
+def _attack_batch(model, x, y, attack: AttackConfig, *, eps: float, norm: str, generator) -> torch.Tensor:
+    params = attack.full_params()
+    params.update({k: v for k, v in attack.params.items() if k not in params})  # the API's tuning knobs
+    params = {k: v for k, v in params.items() if v is not None}
+    params["eps"] = attack.eps if attack.eps is not None else eps
+    if _name(attack.name) == "fgsm" and attack.steps is not None:  # FGSM with more steps: a short PGD of step eps
+        return pgd(model, x, y, eps=params["eps"], norm=norm, steps=attack.steps,
+                   step_size=attack.step_size or params["eps"], init=params.get("init", "uniform"), generator=generator)
+    return _RUNNERS[_name(attack.name)](model, x, y, norm=norm, generator=generator, **params)
 
 
 def _percent(correct: torch.Tensor) -> float:
@@ -553,12 +352,12 @@ def robust_flags(
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(seed)
     advs, correct = [], []
-    with aa.eval_mode(model):
+    with eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             adv = _attack_batch(model, xb, yb, attack, eps=eps, norm=norm, generator=generator)
             advs.append(adv)
-            correct.append(aa.predict_labels(model, adv) == yb)
+            correct.append(predict_labels(model, adv) == yb)
     if not advs:
         return x.clone(), torch.zeros(0, dtype=torch.bool, device=device)
     return torch.cat(advs), torch.cat(correct)
@@ -788,7 +587,7 @@ def sanity_checks(
         )
 
     # 6. an unbounded attack must win
-    with torch.no_grad(), aa.eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         n_classes = model(xs[:1]).shape[1] if xs.shape[0] else 1
     big = 1.0 if norm == "linf" else math.sqrt(xs[0].numel() if xs.shape[0] else 1)
     chance = 100.0 / n_classes

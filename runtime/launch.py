@@ -1,9 +1,10 @@
 """Starting several training processes through Accelerate's own launcher.
 
-``advc run --gpus N`` (or ``--cpu-procs N``) re-runs the same ``advc run`` command under
-``accelerate launch`` (``python -m accelerate.commands.launch --multi_gpu --num_processes N
--m advc run ...``), which starts N processes with torchrun's machinery and the environment
-Accelerate expects; inside, each process builds ``Accelerator()`` and trains. On the CPU
+``advc run --gpus N`` (or ``--cpu-procs N``) runs the generated training program it wrote into
+the run folder under ``accelerate launch`` (``python -m accelerate.commands.launch --multi_gpu
+--num_processes N runs/x/objective.py --out runs/x ...``), which starts N processes with
+torchrun's machinery and the environment Accelerate expects; inside, each process builds
+``Accelerator()`` and trains -- exactly what ``accelerate launch runs/x/objective.py`` does by hand. On the CPU
 (``--cpu-procs``) the processes talk over gloo: ``ACCELERATE_USE_CPU`` makes every
 ``Accelerator`` a CPU one, and Accelerate picks gloo for CPU process groups.
 
@@ -58,9 +59,10 @@ def _free_port() -> int:
 
 
 def launch(
-    advc_args: Sequence[str], num_processes: int, *, cpu: bool, mixed_precision: str = "no"
+    script: os.PathLike | str, script_args: Sequence[str], num_processes: int, *, cpu: bool,
+    mixed_precision: str = "no",
 ) -> int:
-    """Run ``advc <advc_args>`` in ``num_processes`` processes via ``accelerate launch``.
+    """Run ``python script <script_args>`` in ``num_processes`` processes via ``accelerate launch``.
 
     Returns the launcher's exit status. Output of the processes streams through; when a run
     fails with advc's own one-line ``error:`` (printed by the main process), the launcher's
@@ -76,7 +78,7 @@ def launch(
         "--main_process_port", str(_free_port()),
         "--mixed_precision", mixed_precision,
         "--dynamo_backend", "no",
-        "-m", "advc", *advc_args,
+        str(script), *script_args,
     ]  # fmt: skip
     env = dict(os.environ)
     if cpu:

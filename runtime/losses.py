@@ -41,3 +41,16 @@ def boosted_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def true_prob(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """p_y(x): the softmax probability of the true class."""
     return F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+
+
+def max_wrong_prob(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{j != y} p_j(x): the probability of the most likely wrong class."""
+    probs = F.softmax(logits, dim=1)
+    return probs.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+
+
+def probabilistic_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MAIL's probabilistic margin p_y(x) - max_{j != y} p_j(x): > 0 exactly when correct."""
+    probs = F.softmax(logits, dim=1)
+    true = probs.gather(1, y[:, None]).squeeze(1)
+    return true - probs.scatter(1, y[:, None], float("-inf")).amax(dim=1)

@@ -26,7 +26,6 @@ from torch import nn
 from advc.errors import UserError
 
 __all__ = [
-    "MODELS",
     "Normalize",
     "NormalizedModel",
     "PreActBlock",
@@ -38,6 +37,7 @@ __all__ = [
     "check_model_fits",
     "preact_resnet18",
     "small_cnn",
+    "user_model",
     "wrn",
     "wrn28_10",
     "wrn32_10",
@@ -337,20 +337,10 @@ def small_cnn(
 # --------------------------------------------------------------------------------------------
 # registry
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "preact_resnet18": preact_resnet18,
-    "wrn34_10": wrn34_10,
-    "wrn32_10": wrn32_10,
-    "wrn28_10": wrn28_10,
-    "wrn": wrn,
-    "small_cnn": small_cnn,
-}
-
-
 def _import_callable(name: str) -> Callable[..., object]:
     """Resolve ``package.module:attr.path``; the only place user code gets imported."""
     module_name, _, attr_path = name.partition(":")
-    hint = "name a model as package.module:callable, importable from the current directory"
+    hint = "name a model as package.module:callable, importable from Python's path (PYTHONPATH)"
     if not module_name or not attr_path:
         raise UserError(f"model {name!r} is not of the form module:callable", where=name, hint=hint)
     try:
@@ -404,34 +394,51 @@ def _call(ctor: Callable[..., object], name: str, kwargs: dict) -> object:
         ) from exc
 
 
-def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registry model, or call a user's ``package.module:callable``.
+def user_model(name: str, *, trust_code: bool, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
+    """A user's ``package.module:callable``, called with ``in_channels``, ``num_classes`` and the
+    extra options (``mean``/``std`` become a ``Normalize`` layer in front of what it returns).
 
-    A user callable gets ``in_channels``, ``num_classes`` and the extra options, except
-    ``mean``/``std``: those become a ``Normalize`` layer put in front of what it returns.
+    Importing a module runs its code: a spec that names one is code, so it runs only when the
+    user says so (``--trust-code`` / ``trust_code=True``), as Hugging Face's ``trust_remote_code``.
     """
+    if not trust_code:
+        raise UserError(
+            f"the spec names the model {name!r}, which imports and runs the module "
+            f"{name.partition(':')[0]!r}",
+            where=name,
+            hint="advc runs code a spec names only when you trust it: add --trust-code "
+            "(Python: trust_code=True)",
+        )
+    ctor = _import_callable(name)
+    mean, std = kwargs.pop("mean", None), kwargs.pop("std", None)
+    model = _call(ctor, name, dict(in_channels=in_channels, num_classes=num_classes, **kwargs))
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"{name!r} returned {type(model).__name__}, not a torch.nn.Module",
+            where=name,
+            hint="make the callable return an nn.Module",
+        )
+    if mean is not None or std is not None:
+        model = NormalizedModel(_first_layer(mean, std, in_channels), model)
+    return model
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, trust_code: bool = False, **kwargs) -> nn.Module:
+    """Build a model of advc's vocabulary by name, or a user's ``package.module:callable``
+    (only with ``trust_code``, see :func:`user_model`)."""
+    from advc.compiler.vocabulary.models import MODELS
+
     if ":" in name:
-        ctor = _import_callable(name)
-        mean, std = kwargs.pop("mean", None), kwargs.pop("std", None)
-        model = _call(ctor, name, dict(in_channels=in_channels, num_classes=num_classes, **kwargs))
-        if not isinstance(model, nn.Module):
-            raise UserError(
-                f"{name!r} returned {type(model).__name__}, not a torch.nn.Module",
-                where=name,
-                hint="make the callable return an nn.Module",
-            )
-        if mean is not None or std is not None:
-            model = NormalizedModel(_first_layer(mean, std, in_channels), model)
-        return model
-    ctor = MODELS.get(name.lower())
-    if ctor is None:
+        return user_model(name, trust_code=trust_code, in_channels=in_channels, num_classes=num_classes, **kwargs)
+    entry = MODELS.get(name.lower())
+    if entry is None:
         close = difflib.get_close_matches(name.lower(), list(MODELS), n=3)
         raise UserError(
             f"unknown model {name!r}" + (f"; did you mean {' or '.join(close)}?" if close else ""),
             where=name,
             hint=f"known models: {', '.join(MODELS)}; or name your own as package.module:callable",
         )
-    return _call(ctor, name, dict(in_channels=in_channels, num_classes=num_classes, **kwargs))
+    return _call(globals()[entry.builder], name, dict(in_channels=in_channels, num_classes=num_classes, **kwargs))
 
 
 def check_model_fits(

@@ -35,10 +35,12 @@ This module imports no torch: reading and tabulating results must work anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import statistics
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,20 +51,25 @@ from advc.files import atomic_write_text
 
 __all__ = [
     "CANONICAL_COLUMNS",
+    "EVALUATIONS",
     "RESULTS_FILE",
     "Row",
     "RunResults",
+    "evaluation_key",
     "format_cell",
+    "load_evaluations",
     "load_results",
     "merge_runs",
     "results_json",
     "results_markdown",
     "run_markdown",
     "sanity_markdown",
+    "write_evaluation",
     "write_results",
 ]
 
 RESULTS_FILE = "results.json"
+RESULTS_MD = "results.md"
 
 #: Column order of the papers' tables (FAT Table 1, GAIRAT Table 1) plus AutoAttack.
 CANONICAL_COLUMNS: tuple[str, ...] = ("Natural", "FGSM", "PGD-20", "CW∞", "PGD-100", "AA")
@@ -148,13 +155,10 @@ class RunResults:
     path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "seed": self.seed,
-            "n": self.n,
-            "checkpoints": self.checkpoints,
-            "sanity": self.sanity,
-        }
+        data = {"spec": self.spec, "seed": self.seed, "n": self.n, "checkpoints": self.checkpoints}
+        if self.sanity:
+            data["sanity"] = self.sanity
+        return data
 
 
 def _sanity_dicts(sanity: Mapping[str, Iterable[Any]] | None) -> dict[str, list[dict[str, str]]]:
@@ -183,8 +187,10 @@ def results_json(
         "checkpoints": {
             str(k): {str(c): float(v) for c, v in cols.items()} for k, cols in checkpoints.items()
         },
-        "sanity": _sanity_dicts(sanity),
     }
+    checks = _sanity_dicts(sanity)
+    if any(checks.values()):  # the checks that ran; never an empty placeholder
+        data["sanity"] = {k: v for k, v in checks.items() if v}
     _validate(data, "<results>")
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
@@ -198,12 +204,14 @@ def write_results(
     n: int,
     sanity: Mapping[str, Iterable[Any]] | None = None,
 ) -> Path:
-    """Write ``run_dir/results.json`` atomically; returns its path."""
+    """Write ``run_dir/results.json`` and ``results.md`` (the same table, for reading) atomically;
+    returns the JSON file's path."""
     text = results_json(spec, seed, checkpoints, n=n, sanity=sanity)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / RESULTS_FILE
     atomic_write_text(target, text)
+    atomic_write_text(run_dir / RESULTS_MD, run_markdown(load_results(target)))
     return target
 
 
@@ -350,3 +358,91 @@ def merge_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> str:
     if warnings:
         text += "\nSanity warnings:\n\n" + "\n".join(warnings) + "\n"
     return text
+
+
+# --------------------------------------------------------------------------------------
+# kept evaluations: every evaluation of a run folder's checkpoints, one file each
+# --------------------------------------------------------------------------------------
+
+EVALUATIONS = "evaluations"
+
+
+def evaluation_key(weights_sha256: str, attacks: str, n: int, eps: float, norm: str) -> str:
+    """What makes two evaluations the same: the weights, the attack list, the sample count, ε."""
+    text = json.dumps([weights_sha256, attacks, n, float(eps), norm])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_evaluation(run_dir: str | os.PathLike[str], *, checkpoint: str, weights_sha256: str, epoch: int,
+                     attacks: str, n: int, eps: float, norm: str, results: Mapping[str, float],
+                     sanity: Iterable[Any] | None = None, seconds: float | None = None,
+                     by: str = "advc eval") -> Path:
+    """Keep one evaluation in ``run_dir/evaluations/`` (a new file; nothing is overwritten).
+
+    The file says which weights (the checkpoint's sha256), which attacks with every parameter
+    (the evaluate-list text, canonical), how many test samples, which ε -- and the accuracies,
+    plus the sanity checks when they ran.
+    """
+    from advc import __version__
+
+    key = evaluation_key(weights_sha256, attacks, n, eps, norm)
+    record = {
+        "format": "advc-evaluation", "version": 1, "key": key, "checkpoint": checkpoint,
+        "weights_sha256": weights_sha256, "epoch": int(epoch), "attacks": attacks, "n": int(n), "eps": float(eps),
+        "norm": norm, "results": {str(k): float(v) for k, v in results.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": by, "advc_version": __version__,
+    }  # fmt: skip
+    checks = _sanity_dicts({"": sanity or []})[""]
+    if checks:
+        record["sanity"] = checks
+    if seconds is not None:
+        record["seconds"] = round(float(seconds), 3)
+    _validate_evaluation(record, "<evaluation>")
+    folder = Path(run_dir) / EVALUATIONS
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = folder / f"{checkpoint}-{key}-{stamp}.json"
+    i = 1
+    while path.exists():  # the same evaluation again within a second: keep both
+        path = folder / f"{checkpoint}-{key}-{stamp}-{i}.json"
+        i += 1
+    atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def _validate_evaluation(data: Any, where: str) -> None:
+    def bad(what: str) -> UserError:
+        return UserError(f"malformed evaluation file: {what}", where=where,
+                         hint="it is written by advc eval / advc run; move it away and evaluate again")
+
+    if not isinstance(data, dict) or data.get("format") != "advc-evaluation":
+        raise bad("not an advc evaluation record")
+    for key, kind in (("key", str), ("checkpoint", str), ("weights_sha256", str), ("attacks", str), ("norm", str),
+                      ("results", dict), ("created", str)):
+        if not isinstance(data.get(key), kind):
+            raise bad(f"'{key}' must be a {kind.__name__}")
+    for key in ("n", "epoch"):
+        if not isinstance(data.get(key), int) or isinstance(data.get(key), bool) or data[key] < 0:
+            raise bad(f"'{key}' must be a whole number >= 0")
+    if not _is_number(data.get("eps")) or data["eps"] < 0:
+        raise bad("'eps' must be a number >= 0")
+    for label, value in data["results"].items():
+        if not _is_number(value) or not 0.0 <= value <= 100.0:
+            raise bad(f"results.{label} must be an accuracy in [0, 100], got {value!r}")
+    if "sanity" in data:
+        _validate({"spec": "x", "seed": 0, "n": 0, "checkpoints": {}, "sanity": {"x": data["sanity"]}}, where)
+
+
+def load_evaluations(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every kept evaluation of a run folder, oldest first (each validated; a bad file is one line)."""
+    folder = Path(run_dir) / EVALUATIONS
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"unreadable evaluation file: {exc}", where=str(path)) from None
+        _validate_evaluation(data, str(path))
+        data["path"] = str(path)
+        out.append(data)
+    return sorted(out, key=lambda d: (d["created"], d["path"]))

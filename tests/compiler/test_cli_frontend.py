@@ -36,7 +36,11 @@ def test_check_accepts_every_shipped_spec():
     done = advc("check", *[f"specs/{p.name}" for p in SPECS])
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert done.stdout.splitlines() == [f"specs/{p.name}: ok (objective {p.stem})" for p in SPECS]
+    heads = [line.split(", extends")[0] for line in done.stdout.splitlines()]
+    assert heads == [f"specs/{p.name}: ok (objective {p.stem}" + ("" if "extends" in line else ")")
+                     for p, line in zip(SPECS, done.stdout.splitlines(), strict=True)]
+    # each parent is named with the file it came from
+    assert "specs/gair_fat.adv: ok (objective gair_fat, extends fat: specs/fat.adv, madry: specs/madry.adv)" in done.stdout
 
 
 def test_every_shipped_spec_is_formatted():
@@ -79,7 +83,8 @@ def test_fmt_rewrites_a_messy_spec_keeps_its_comments_and_is_then_idempotent(tmp
     assert (done.returncode, done.stdout) == (0, "")
     assert spec.read_text(encoding="utf-8") == formatted
     assert advc("fmt", "--check", "gair_fat.adv", cwd=tmp_path).returncode == 0
-    assert advc("check", "gair_fat.adv", cwd=tmp_path).stdout == "gair_fat.adv: ok (objective gair_fat)\n"
+    assert advc("check", "gair_fat.adv", cwd=tmp_path).stdout == (
+        "gair_fat.adv: ok (objective gair_fat, extends fat: fat.adv, madry: madry.adv)\n")
 
 
 def test_fmt_leaves_an_unparsable_spec_alone(tmp_path):
@@ -93,8 +98,9 @@ def test_fmt_leaves_an_unparsable_spec_alone(tmp_path):
 
 def test_set_accepts_a_known_parameter():
     done = advc("check", "specs/gair_fat.adv", "--set", "attack.steps=20")
-    assert (done.returncode, done.stdout) == (0, "specs/gair_fat.adv: ok (objective gair_fat)\n")
-    assert check_file(ROOT / "specs" / "gair_fat.adv", ["attack.steps=20"]).attack.steps == 20
+    assert (done.returncode, done.stdout) == (
+        0, "specs/gair_fat.adv: ok (objective gair_fat, extends fat: specs/fat.adv, madry: specs/madry.adv)\n")
+    assert check_file(ROOT / "specs" / "gair_fat.adv", ["attack.steps=20"]).attack.steps.const == 20
 
 
 def test_set_rejects_an_unknown_parameter():

@@ -371,7 +371,7 @@ points = st.lists(st.tuples(st.integers(1, 200), st.floats(-3, 3, allow_nan=Fals
 @SETTINGS
 @given(pts=points, first=st.floats(-3, 3, allow_nan=False), kind=st.sampled_from(["piecewise", "linear", "cosine"]))
 def test_generated_schedules_agree_with_the_ir_and_reach_every_piece(pts, first, kind):
-    from advc.compiler.ir import sched_value
+    from advc.compiler.ir import sched_at
 
     pts = sorted(pts)
     body = ", ".join(f"{e}: {v!r}" for e, v in [(0, first), *pts])
@@ -379,9 +379,9 @@ def test_generated_schedules_agree_with_the_ir_and_reach_every_piece(pts, first,
             f" loss ce(adv) * beta where beta = {kind}({body})\n}}\n{TRAIN}\n")
     program = check_text(text, "s.adv")
     prog = CompiledObjective(program, generate(program))
-    sched = dict(program.loss.bindings)["beta"]
+    sched = {b.name: b for b in program.loss.bindings}["beta"].value
     for epoch in [0, *[e for e, _ in pts], *[e - 0.5 for e, _ in pts], pts[-1][0] + 7]:
-        assert prog.module.beta_at(epoch) == pytest.approx(sched_value(sched, epoch), abs=1e-12)
+        assert prog.module.beta_at(epoch) == pytest.approx(sched_at(sched, epoch), abs=1e-12)
     if kind == "piecewise":
         for e, v in pts:  # from its epoch on, each piece's value is the schedule's value
             assert prog.module.beta_at(e) == pytest.approx(v)

@@ -1,0 +1,257 @@
+"""``advc run``: check the spec, set up the run folder, and execute the generated training program.
+
+The program is the module ``advc compile`` writes (its ``main()`` is the Accelerate loop). This
+module only does what comes before it: every option and path is checked before anything is
+read or written; the run folder is claimed (``runtime/folders.py``: one writer, never a foreign
+folder); the spec files, the experiment record and the generated code are written into it;
+then the program runs -- in this process for one process, or under ``accelerate launch`` on the
+same file for ``--gpus N`` / ``--cpu-procs N``, with the options handed over by
+``RunArgs.to_argv`` (no argv rebuilt by hand). If the run fails before its first checkpoint,
+a run folder this call created is removed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from advc.errors import UserError
+
+RUN_RECORD = "run.json"
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """What ``advc run`` was asked to do (the CLI's options, one field each)."""
+
+    spec: Path
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    out: Path | None = None
+    resume: bool = False
+    gpus: int = 0  # 0: whatever device Accelerate picks; N: N GPU processes
+    cpu_procs: int = 0  # N: N CPU processes over gloo
+    data_root: str | None = None
+    download: bool = False
+    quiet: bool = False
+    evaluate: bool = True
+    eval_n: int | None = None
+    eval_batch: int = 256
+    trust_code: bool = False
+    spec_path: list[str] = dataclasses.field(default_factory=list)
+    allow: list[str] = dataclasses.field(default_factory=list)
+    strict: bool = False
+    init_from: Path | None = None
+    eval_extra: str | None = None  # --eval: attacks added to the spec's evaluate list
+
+
+def check_options(opts: RunOptions) -> None:
+    """Every option, before the spec is even read."""
+    from advc.runtime.launch import launched, require_gpus
+
+    if opts.gpus and opts.cpu_procs:
+        raise UserError("--gpus and --cpu-procs exclude each other", where="advc run", hint="pick GPUs or CPU processes")
+    if opts.gpus < 0 or opts.cpu_procs < 0:
+        raise UserError("process counts must be positive", where="--gpus/--cpu-procs")
+    if opts.eval_n is not None and opts.eval_n < 1:
+        raise UserError("--eval-n must be at least 1", where="--eval-n")
+    if opts.eval_batch < 1:
+        raise UserError(f"--eval-batch must be at least 1, got {opts.eval_batch}", where="--eval-batch")
+    if opts.init_from is not None and not Path(opts.init_from).is_file():
+        raise UserError("no such checkpoint", where=str(opts.init_from), hint="name a .safetensors file of a run")
+    if opts.init_from is not None and opts.resume:
+        raise UserError("--init-from starts a new run; --resume continues one", where="--init-from")
+    if opts.gpus and not launched():
+        require_gpus(opts.gpus)
+
+
+def compile_run(opts: RunOptions):
+    """The checked program and its generated module for a run (warnings printed, or errors with --strict)."""
+    import sys
+
+    from advc.compiler.check import check_file
+    from advc.compiler.codegen import generate
+    from advc.compiler.lower import eval_text
+
+    overrides = list(opts.overrides)
+    program = check_file(opts.spec, overrides or None, spec_path=opts.spec_path)
+    if opts.eval_extra:
+        current = " ".join(eval_text(e) for e in program.evaluate)
+        overrides.append(f"evaluate={current} {opts.eval_extra}")
+        program = check_file(opts.spec, overrides, spec_path=opts.spec_path)
+    report_warnings(program, opts.allow, opts.strict, sys.stderr)
+    if program.train is None:
+        raise UserError(f"objective '{program.name}' has no train block: advc run needs its data, model, epochs "
+                        "and optim", where=str(opts.spec),
+                        hint="add: train { data digits  model small_cnn  epochs 10  optim sgd(lr = 0.1) }")
+    if program.train.user_model and not opts.trust_code:
+        module = program.train.model.partition(":")[0]
+        raise UserError(f"the spec names the model {program.train.model!r}, which imports and runs the module "
+                        f"{module!r}", where=str(opts.spec),
+                        hint="advc runs code a spec names only when you trust it: add --trust-code")
+    return program, generate(program), overrides
+
+
+def report_warnings(program, allow: list[str], strict: bool, stream) -> None:
+    from advc.compiler.warn import CODES
+
+    for code in allow:
+        if code not in CODES:
+            raise UserError(f"unknown warning '{code}'", where="--allow", hint=f"warnings: {', '.join(CODES)}")
+    shown = [w for w in program.warnings if w.code not in allow]
+    for w in shown:
+        print(w.rendered, file=stream)
+    if strict and shown:
+        raise UserError(f"{len(shown)} warning(s) with --strict", where=program.file,
+                        hint="fix them, or silence one with --allow CODE")
+
+
+def default_out(program, overrides: list[str]) -> Path:
+    """``runs/<spec>`` -- plus the overrides, so runs of other settings do not collide."""
+    slug = "-".join(re.sub(r"[^A-Za-z0-9.=_-]+", "", o.replace("train.", "").replace(" ", "")) for o in overrides)
+    return Path("runs") / (program.name + (f"-{slug[:80]}" if slug else ""))
+
+
+def run(opts: RunOptions) -> int:
+    """``advc run``: returns an exit code."""
+    from advc.runtime.folders import LOCK_ENV, check_out, lock_run_folder
+    from advc.runtime.launch import launch, launched
+    from advc.runtime.loop import RunArgs
+
+    check_options(opts)
+    program, source, overrides = compile_run(opts)
+    t = program.train
+    n = max(opts.gpus, opts.cpu_procs)
+    if t.precision == "fp16" and not _cuda(opts):
+        raise UserError("fp16 mixed precision needs a GPU", where="train.precision", hint="use precision bf16 or fp32 on the CPU")
+    if t.sync_bn and opts.cpu_procs > 1:
+        raise UserError("sync_bn needs GPUs (torch's SyncBatchNorm does not run on the CPU)", where="train.sync_bn",
+                        hint="set train.sync_bn=false for --cpu-procs")
+    out = Path(opts.out) if opts.out is not None else default_out(program, opts.overrides)
+    args = RunArgs(out=str(out.resolve()), resume=opts.resume, data_root=opts.data_root, download=opts.download,
+                   eval_n=opts.eval_n, eval_batch=opts.eval_batch, no_eval=not opts.evaluate, quiet=opts.quiet,
+                   cpu=opts.cpu_procs > 0, trust_code=opts.trust_code,
+                   init_from=str(Path(opts.init_from).resolve()) if opts.init_from else None)
+    if launched():  # already one of several processes (multi-node through accelerate launch -m advc run)
+        return _in_process(program, source, out, args)
+    check_out(out, resume=opts.resume)
+    created = not out.exists()
+    lock = lock_run_folder(out)
+    try:
+        if opts.resume:
+            _check_resume(out, program)
+        if n > 1:
+            _preflight(program, opts)  # fail here, in one process, with one line
+        write_records(out, program, source, overrides, opts)
+        os.environ[LOCK_ENV] = str(out.resolve())
+        try:
+            if n > 1:
+                code = launch(out / "objective.py", args.to_argv(), n, cpu=opts.cpu_procs > 1,
+                              mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision])
+            else:
+                code = _in_process(program, source, out, args)
+        finally:
+            os.environ.pop(LOCK_ENV, None)
+    except BaseException:
+        _remove_if_untrained(out, created)
+        raise
+    finally:
+        lock.release()
+    if code:
+        _remove_if_untrained(out, created)
+    return code
+
+
+def _cuda(opts: RunOptions) -> bool:
+    import torch
+
+    return not opts.cpu_procs and torch.cuda.is_available()
+
+
+def _in_process(program, source: str, out: Path, args) -> int:
+    from advc.api import import_generated
+
+    module = import_generated(source, str(out / "objective.py"), f"advc_run_{program.name}_{program.spec_hash[:12]}")
+    module.main(args)
+    return 0
+
+
+def _check_resume(out: Path, program) -> None:
+    """The checkpoint to resume belongs to this training (before anything is rewritten)."""
+    from advc.compiler.identity import training_id
+    from advc.runtime.checkpoint import load_checkpoint
+    from advc.runtime.loop import check_training_state
+
+    path = out / "checkpoints" / "last.safetensors"
+    _, _, extra = load_checkpoint(path)
+    check_training_state(extra, path, training_id=training_id(program), epochs=program.train.epochs)
+
+
+def _preflight(program, opts: RunOptions) -> None:
+    """Load the data and build the model once before starting several processes."""
+    from advc.runtime.data import load_dataset
+    from advc.runtime.loop import seed_everything, validation_size
+    from advc.runtime.models import build_model, check_model_fits
+
+    t = program.train
+    args = dict(t.data_args)
+    root = opts.data_root if opts.data_root is not None else args.pop("root", None)
+    download = bool(opts.download or args.pop("download", False))
+    data = load_dataset(t.data, root, download, **args)
+    validation_size(t.val, int(data.x_train.shape[0]))
+    seed_everything(t.seed)
+    model = build_model(t.model, in_channels=data.in_channels, num_classes=data.num_classes,
+                        trust_code=opts.trust_code, **dict(t.model_args))
+    check_model_fits(model, data.in_channels, data.image_size, data.num_classes, model_name=t.model,
+                     dataset_name=data.name)
+
+
+def write_records(out: Path, program, source: str, overrides: list[str], opts: RunOptions) -> None:
+    """What a run folder says about its run: the spec files, run.json, resolved.json, the code."""
+    from advc import __version__
+    from advc.compiler.identity import REPLICATE, digest, settings_record, training_id
+    from advc.files import atomic_write_text
+
+    record = settings_record(program)
+    eps = program.threat.eps
+    record["eval.n"] = opts.eval_n if opts.eval_n is not None else "all"
+    record["eval.eps"] = eps.const if eps.const is not None else eps.text
+    copies, files = {}, []
+    for path, how in program.files:
+        name = Path(path).name
+        while name in copies.values():
+            name = f"{len(copies)}-{Path(path).name}"
+        copies[path] = name
+        text = dict(program.texts)[path]
+        atomic_write_text(out / "spec" / name, text)
+        files.append({"path": path, "found": how, "copy": f"spec/{name}"})
+    previous = {}
+    with contextlib.suppress(OSError, ValueError):
+        previous = json.loads((out / RUN_RECORD).read_text(encoding="utf-8"))
+    history = list(previous.get("history", [])) if isinstance(previous, dict) else []
+    history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epochs": program.train.epochs,
+                    "overrides": overrides, "resume": opts.resume, "advc_version": __version__,
+                    "processes": max(opts.gpus, opts.cpu_procs, 1)})
+    run_record = {
+        "format": "advc-run", "version": 1, "spec": program.name, "entry": program.files[-1][0], "files": files,
+        "overrides": overrides, "seed": program.train.seed, "spec_hash": program.spec_hash,
+        "training_id": training_id(program), "experiment_id": digest(record, REPLICATE)[:16],
+        "experiment": {k: v for k, v in record.items() if k not in REPLICATE}, "advc_version": __version__,
+        "trust_code": opts.trust_code, "init_from": str(opts.init_from) if opts.init_from else None, "history": history,
+    }  # fmt: skip
+    atomic_write_text(out / RUN_RECORD, json.dumps(run_record, indent=2, ensure_ascii=False) + "\n")
+    resolved = {"note": "a record for people: advc never reads this file back", "settings": record,
+                "warnings": [w.message for w in program.warnings]}
+    atomic_write_text(out / "resolved.json", json.dumps(resolved, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "objective.py", source)
+
+
+def _remove_if_untrained(out: Path, created: bool) -> None:
+    """A run that failed before its first checkpoint leaves no folder it created behind."""
+    if created and out.is_dir() and not (out / "checkpoints" / "last.safetensors").exists():
+        shutil.rmtree(out, ignore_errors=True)
