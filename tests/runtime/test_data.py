@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import io
 import pickle
 import struct
 import tracemalloc
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -123,6 +125,40 @@ def test_cifar10_from_real_pickle_layout(tmp_path):
     # R, G, B planes of 1024 bytes each, row-major: byte 1024 is green at (0, 0)
     assert ds.x_train[0, 1, 0, 0] * 255 == pytest.approx(float(data[0, 1024]))
     assert ds.y_test.tolist() == written["test_batch"][1]
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` (SHORT_BINSTRING / BINSTRING), as cPickle wrote the
+    official archives, instead of Python 3's ``_codecs.encode`` calls."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def _save_py2_str(self, obj):
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n))  # fmt: skip
+        self.write(obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+
+
+def test_cifar10_pickles_in_the_python2_numpy1_layout_load(tmp_path):
+    # the official files name numpy.core.multiarray and hold the pixels as one Python 2 str
+    written = write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    for name in ("data_batch_1", "batches.meta"):
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        buf = io.BytesIO()
+        _Python2Pickler(buf, protocol=2).dump(batch)
+        raw = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        assert b"_codecs" not in raw
+        (folder / name).write_bytes(raw)
+    assert b"numpy.core.multiarray\n_reconstruct" in (folder / "data_batch_1").read_bytes()
+    ds = load_dataset("cifar10", root=tmp_path)
+    data, labels = written["data_batch_1"]
+    assert torch.equal((ds.x_train[:3] * 255).round().to(torch.uint8), torch.from_numpy(data.reshape(-1, 3, 32, 32)))  # fmt: skip
+    assert ds.y_train[:3].tolist() == labels and ds.classes[9] == "truck"
 
 
 def test_cifar10_root_may_be_the_batches_folder(tmp_path):
