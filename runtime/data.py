@@ -13,11 +13,36 @@ loaders. torchvision is used to *download* archives and to read MNIST / image fo
 CIFAR pickles and SVHN ``.mat`` files are read by the small readers below, which do exactly
 what torchvision does minus the per-image PIL round trip (and, for SVHN, minus the md5
 check that would reject anything but the official file).
+
+A data folder is often someone else's, so it is a trust boundary: every reader checks what a
+file holds before converting anything, and refuses what it would otherwise coerce. Pixels must
+be uint8 in the file (float or int pixels are refused, never cast), labels integers in range
+(floats, strings, None and booleans are refused, never truncated; SVHN's official labels are
+MATLAB doubles, so whole-valued doubles are accepted there and only there), class names one
+per class, images and labels equal in number, no split empty, and at least two classes in the
+training split (a classifier on one class scores 100 % and means nothing). Each refusal is
+one ``UserError`` naming the data set, the file and the field:
+``error: cifar10 file data_batch_1: field 'labels' holds floats (2.5), expected integer class
+labels (<path>) -- hint: ...``.
+
+Memory is bounded before anything large is built:
+
+* a CIFAR pickle may not decode to more array bytes than the file itself holds (a uint8 pixel
+  costs at least one byte in a pickle). The restricted unpickler charges every array, numpy
+  scalar and ``bytes`` it builds against the file size *before* building it, so memo
+  references (one row referenced 20 000 times in an 86 KB file) cannot multiply a small file,
+  and a field that is not already a uint8 array is refused before ``np.asarray`` could
+  expand it;
+* ``ADVC_DATA_MAX_BYTES`` (default 4 GiB) caps the image bytes, as stored (uint8), that one
+  data set may decode, all its files together, and the size of any one file read. It is
+  checked from file sizes and headers (``.mat`` variable headers, image headers) before the
+  data is read. Raise it for larger data sets; the float32 copy in memory is four times this.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -30,8 +55,16 @@ import torch.nn.functional as F
 
 from advc.errors import UserError
 
+try:  # numpy 2 moved numpy.core to numpy._core (the old name still works, with a warning)
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+    from numpy._core.multiarray import scalar as _np_scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.multiarray import scalar as _np_scalar
+
 __all__ = [
     "DATA_ROOT_ENV",
+    "MAX_BYTES_ENV",
     "Dataset",
     "DeviceLoader",
     "RandomCropFlip",
@@ -43,6 +76,9 @@ __all__ = [
 #: Environment variable naming the data root when a caller passes ``root=None``.
 DATA_ROOT_ENV = "ADVC_DATA"
 _DEFAULT_ROOT = "data"
+#: Environment variable capping the image bytes (uint8, as stored) one data set may decode.
+MAX_BYTES_ENV = "ADVC_DATA_MAX_BYTES"
+_DEFAULT_MAX_BYTES = 4 * 2**30
 
 
 @dataclass
@@ -104,9 +140,175 @@ def _to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32).div_(255.0)
 
 
-def _validate(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, split: str) -> None:
-    """Reject data the training loop would silently mis-handle."""
-    where = f"{name} ({split})"
+def _file_error(
+    name: str, path: Path, problem: str, *, hint: str, field: str | None = None, shown: str = ""
+) -> UserError:
+    """One line naming the data set, the file (``shown``, else its name) and the field at fault."""
+    subject = f"{name} file {shown or path.name}"
+    message = f"{subject}: field {field!r} {problem}" if field else f"{subject}: {problem}"
+    return UserError(message, where=str(path), hint=hint)
+
+
+def _reporter(
+    name: str, path: Path, hint: str, field: str | None = None
+) -> Callable[[str], UserError]:
+    """``problem -> UserError`` for one file (and field): what the checks below raise."""
+    return lambda problem: _file_error(name, path, problem, field=field, hint=hint)
+
+
+def _short(value: str | bytes) -> str:
+    """The repr of a string cut to 24 characters (the cut is made before ``repr`` copies it)."""
+    return repr(value[:24]) + ("..." if len(value) > 24 else "")
+
+
+def _describe(value: object) -> str:
+    """What a field holds, for an error message: "a string ('cat')", "a (2, 3) float64 array"."""
+    if isinstance(value, _PickledArray):
+        if value.array is None:
+            return "a numpy array without data"
+        value = value.array
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, np.bool_)):
+        return f"a boolean ({bool(value)})"
+    if isinstance(value, (int, np.integer)):
+        return f"an int ({int(value)})"
+    if isinstance(value, (float, np.floating)):
+        return f"a float ({float(value)!r})"
+    if isinstance(value, str):
+        return f"a string ({_short(value)})"
+    if isinstance(value, bytes):
+        return f"a bytes string ({_short(value)})"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, np.ndarray):
+        return f"a {value.shape} {value.dtype} array"
+    if isinstance(value, torch.Tensor):
+        return f"a {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')} tensor"
+    return f"a {type(value).__name__}"
+
+
+def _kind(item: object) -> str:
+    """What one element of a label or name list is, plural, with the element as the example."""
+    if isinstance(item, _PickledArray):
+        return "numpy arrays"
+    if item is None:
+        return "None"
+    if isinstance(item, (bool, np.bool_)):
+        return f"booleans ({bool(item)})"
+    if isinstance(item, (int, np.integer)):
+        return f"ints ({int(item)})"
+    if isinstance(item, (float, np.floating)):
+        return f"floats ({float(item)!r})"
+    if isinstance(item, (complex, np.complexfloating)):
+        return f"complex numbers ({complex(item)!r})"
+    if isinstance(item, (str, bytes, np.str_, np.bytes_)):
+        return f"strings ({_short(item.item() if isinstance(item, np.generic) else item)})"
+    if isinstance(item, np.ndarray):
+        return f"{item.dtype} arrays"
+    return f"{type(item).__name__} objects"
+
+
+def _first(values: np.ndarray, bad: np.ndarray) -> object:
+    """The first element of ``values`` where ``bad`` holds, as a plain Python value."""
+    return values.reshape(-1)[int(np.argmax(bad.reshape(-1)))].item()
+
+
+def _class_labels(
+    value: object, fail: Callable[[str], UserError], lo: int, hi: int, *, whole_floats: bool = False
+) -> np.ndarray:
+    """Integer class labels in ``[lo, hi)`` as int64, checked before anything is converted.
+
+    Accepted: a list of Python ints (numpy integer scalars too) or an integer numpy array.
+    Floats, strings, None and booleans are refused, never truncated; ``whole_floats`` admits
+    whole-valued floats (SVHN's official labels are MATLAB doubles). Elements are checked one
+    by one before ``np.asarray``, so a list cannot smuggle in arrays for numpy to expand.
+    """
+    span = f"[{lo}, {hi})"
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+                raise fail(f"holds {_kind(item)}, expected integer class labels")
+            if not lo <= item < hi:
+                raise fail(f"holds {int(item)}, but labels must lie in {span}")
+        return np.asarray(value, dtype=np.int64)
+    if not isinstance(value, np.ndarray):
+        raise fail(f"holds {_describe(value)}, expected a list of integer class labels")
+    if value.dtype.kind == "O":
+        return _class_labels(value.reshape(-1).tolist(), fail, lo, hi, whole_floats=whole_floats)
+    flat = value.reshape(-1)
+    if flat.dtype.kind == "f" and whole_floats:
+        broken = ~np.isfinite(flat) | (flat != np.floor(flat))
+        if broken.any():
+            raise fail(f"holds {_first(flat, broken)!r}, expected whole-number class labels")
+    elif flat.dtype.kind not in "iu":
+        if flat.size == 0:
+            raise fail(f"holds {_describe(value)}, expected integer class labels")
+        raise fail(f"holds {_kind(flat[0])}, expected integer class labels")
+    outside = (flat < lo) | (flat >= hi)
+    if outside.any():
+        raise fail(f"holds {_first(flat, outside)}, but labels must lie in {span}")
+    return flat.astype(np.int64)
+
+
+def _uint8_images(
+    value: object, fail: Callable[[str], UserError], layout: str, shape_ok: Callable[[tuple], bool]
+) -> np.ndarray:
+    """A uint8 image array of the documented layout, refused (never cast) otherwise."""
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and shape_ok(value.shape):
+        return value
+    raise fail(f"holds {_describe(value)}, expected a {layout} uint8 array")
+
+
+def _max_bytes() -> int:
+    """``$ADVC_DATA_MAX_BYTES`` as a positive byte count (default 4 GiB)."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return _DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserError(
+            f"{MAX_BYTES_ENV} must be a positive number of bytes, got {raw!r}",
+            where=MAX_BYTES_ENV,
+            hint=f"unset it for the default of {_DEFAULT_MAX_BYTES} bytes (4 GiB)",
+        )
+    return value
+
+
+class _ImageBytes:
+    """The image bytes one data set has decoded so far, held to ``$ADVC_DATA_MAX_BYTES``."""
+
+    def __init__(self, name: str):
+        self.name, self.limit, self.total = name, _max_bytes(), 0
+
+    def _over(self, path: Path, what: str, shown: str) -> UserError:
+        return _file_error(
+            self.name, path, f"{what}, over the {MAX_BYTES_ENV} limit of {self.limit} bytes",
+            hint=f"set {MAX_BYTES_ENV} higher if the data set really is this large", shown=shown,
+        )  # fmt: skip
+
+    def check_file(self, path: Path, shown: str = "") -> int:
+        """Refuse a file too large to read at all, before opening it; returns its size."""
+        size = path.stat().st_size
+        if size > self.limit:
+            raise self._over(path, f"the file is {size} bytes", shown)
+        return size
+
+    def add(self, path: Path, nbytes: int, shown: str = "") -> None:
+        """Count ``nbytes`` of images from ``path``, before they are decoded where possible."""
+        self.total += int(nbytes)
+        if self.total > self.limit:
+            raise self._over(path, f"its images bring the data set to {self.total} bytes", shown)
+
+
+def _validate(
+    name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, split: str, where: str = ""
+) -> None:
+    """Reject data the training loop would silently mis-handle (the gate every reader passes)."""
+    where = where or f"{name} ({split})"
     if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise UserError(
             f"images shaped {tuple(x.shape)} do not match labels shaped {tuple(y.shape)}",
@@ -114,7 +316,9 @@ def _validate(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, spl
             hint="the files may be damaged; download them again",
         )
     if x.shape[0] == 0:
-        raise UserError("the split holds no images", where=where, hint="check the data folder")
+        raise UserError(
+            f"{name} {split} split holds no images", where=where, hint="check the data folder"
+        )
     if y.min() < 0 or y.max() >= num_classes:
         raise UserError(
             f"labels must lie in [0, {num_classes}) but range over "
@@ -130,11 +334,24 @@ def _validate(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, spl
         )
 
 
-def _make(name: str, xtr, ytr, xte, yte, num_classes: int, classes: list[str]) -> Dataset:
+def _make(
+    name: str, xtr, ytr, xte, yte, num_classes: int, classes: list[str], source: str = ""
+) -> Dataset:
+    """The checked ``Dataset``; ``source`` (the data folder) is where split-level errors point."""
     ytr = torch.as_tensor(np.asarray(ytr), dtype=torch.int64).reshape(-1)
     yte = torch.as_tensor(np.asarray(yte), dtype=torch.int64).reshape(-1)
-    _validate(name, xtr, ytr, num_classes, "train")
-    _validate(name, xte, yte, num_classes, "test")
+    _validate(name, xtr, ytr, num_classes, "train", source)
+    _validate(name, xte, yte, num_classes, "test", source)
+    present = torch.unique(ytr)
+    if present.numel() < 2:
+        only = int(present[0])
+        label = f"{only} ({classes[only]!r})" if only < len(classes) else str(only)
+        raise UserError(
+            f"{name} training split holds only class {label}, expected at least 2 classes",
+            where=source or f"{name} (train)",
+            hint="a classifier trained on one class scores 100 % without learning anything; "
+            "check that every training file is there and complete",
+        )
     return Dataset(name, xtr, ytr, xte, yte, num_classes, classes)
 
 
@@ -168,11 +385,55 @@ def _gray(images: np.ndarray) -> torch.Tensor:
 # CIFAR-10 / CIFAR-100: the python pickle archives, read directly
 
 
+class _Forged(pickle.UnpicklingError):
+    """A pickle asked for more array memory than its file holds (memo references, forgery)."""
+
+
+class _NdarrayName:
+    """What the name ``numpy.ndarray`` resolves to inside a CIFAR pickle.
+
+    Real array pickles only pass it to ``_reconstruct``; calling ``numpy.ndarray(shape)``
+    directly would allocate any size the pickle names, so this stand-in cannot be called.
+    """
+
+    __slots__ = ()
+
+
+class _PickledArray:
+    """Stands for one numpy array while a CIFAR pickle loads, and builds it after a size check.
+
+    An array pickle is ``_reconstruct(ndarray, (0,), b'b')`` followed by ``__setstate__((1,
+    shape, dtype, fortran, raw))``; the state is checked and charged to the file's budget
+    before numpy sees it. ``_read_pickle`` swaps the built ``array`` in for the stand-in.
+    """
+
+    __slots__ = ("_charge", "array")
+
+    def __init__(self, charge: Callable[[str, int], None]):
+        self._charge, self.array = charge, None
+
+    def __setstate__(self, state) -> None:
+        # (version, shape, dtype, is_fortran, raw), or the same without the version
+        ok = isinstance(state, tuple) and len(state) in (4, 5)
+        shape, dtype = (state[-4], state[-3]) if ok else (None, None)
+        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+            raise pickle.UnpicklingError("malformed numpy array state")
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError("malformed numpy array state")
+        self._charge("array", math.prod(shape) * dtype.itemsize)
+        array = _np_reconstruct(np.ndarray, (0,), b"b")
+        array.__setstate__(state)
+        self.array = array
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild the CIFAR archives' dicts and numpy arrays and nothing else.
 
     The archives are pickles, and a pickle from a data folder could run arbitrary code when
     loaded; refusing every global except the numpy array constructors makes loading one safe.
+    Those constructors are wrapped so that every array, numpy scalar and ``bytes`` object the
+    pickle builds is charged against ``limit`` (the file size) before it is built: an honest
+    pickle stores every byte it decodes, so memo references cannot multiply a small file.
     """
 
     _ALLOWED = frozenset(
@@ -184,56 +445,142 @@ class _CifarUnpickler(pickle.Unpickler):
             ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar"),
             ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+            ("__builtin__", "bytes"),  # ... and empty bytes (only ``bytes()`` is let through)
+            ("builtins", "bytes"),
         }
     )
+
+    def __init__(self, file, limit: int):
+        super().__init__(file, encoding="bytes")
+        self._limit = limit
+        self._spent = {"array": 0, "bytes": 0}
+
+    def _charge(self, kind: str, nbytes: int) -> None:
+        self._spent[kind] += nbytes
+        if self._spent[kind] > self._limit:
+            raise _Forged(f"{kind} data past {self._limit} bytes")
+
+    def _reconstruct(self, subtype, shape, _typecode) -> _PickledArray:
+        if subtype is not _NdarrayName or not isinstance(shape, tuple) or math.prod(shape) != 0:
+            raise pickle.UnpicklingError("unexpected arguments to numpy's _reconstruct")
+        return _PickledArray(self._charge)
+
+    def _scalar(self, dtype, *args):
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError("unexpected arguments to numpy's scalar")
+        self._charge("array", dtype.itemsize)
+        return _np_scalar(dtype, *args)
+
+    def _encode(self, text, encoding="utf-8", errors="strict") -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError("unexpected arguments to _codecs.encode")
+        self._charge("bytes", len(text))
+        return text.encode("latin1", errors)
+
+    @staticmethod
+    def _empty_bytes(*args) -> bytes:
+        if args:  # bytes(n) would allocate n bytes the file never held
+            raise pickle.UnpicklingError("unexpected arguments to bytes()")
+        return b""
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        if module.startswith("numpy.core"):  # numpy 2 moved the module; avoid its shim warning
-            module = module.replace("numpy.core", "numpy._core", 1)
-        return super().find_class(module, name)
+        if name == "ndarray":
+            return _NdarrayName
+        if name == "dtype":
+            return np.dtype
+        wrapped = {
+            "_reconstruct": self._reconstruct,
+            "scalar": self._scalar,
+            "encode": self._encode,
+            "bytes": self._empty_bytes,
+        }
+        return wrapped[name]
 
 
-def _read_pickle(path: Path, name: str) -> dict:
+def _read_pickle(path: Path, name: str, tally: _ImageBytes) -> dict:
+    """One CIFAR pickle as a dict of its fields (arrays built, sizes and globals checked)."""
+    size = tally.check_file(path)
     try:
         with open(path, "rb") as f:
-            obj = _CifarUnpickler(f, encoding="bytes").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError) as exc:
-        raise UserError(
-            f"cannot read {name} file {path.name}: {exc}",
-            where=str(path),
+            obj = _CifarUnpickler(f, size).load()
+    except _Forged:
+        raise _file_error(
+            name, path, f"would decode to more data than its {size} bytes can hold",
+            hint="the file is forged or damaged (a real CIFAR pickle stores every pixel it "
+            "decodes); download the archive again",
+        ) from None  # fmt: skip
+    except Exception as exc:  # whatever a malformed pickle makes the unpickler raise
+        raise _file_error(
+            name, path, f"not a readable pickle ({type(exc).__name__}: {exc})",
             hint="the file is damaged or not a CIFAR archive; download it again",
-        ) from exc
+        ) from exc  # fmt: skip
     if not isinstance(obj, dict):
-        raise UserError(
-            f"{path.name} is not a CIFAR batch (no dict inside)",
-            where=str(path),
-            hint="download the archive again",
-        )
-    return obj
+        raise _file_error(
+            name, path, f"holds {_describe(obj)}, expected a dict of fields",
+            hint="the file is not a CIFAR batch; download the archive again",
+        )  # fmt: skip
+    return {k: v.array if isinstance(v, _PickledArray) else v for k, v in obj.items()}
 
 
 def _field(batch: dict, key: bytes, path: Path, name: str):
     try:
         return batch[key]
     except KeyError:
-        raise UserError(
-            f"{path.name} lacks the field {key.decode()!r}",
-            where=str(path),
+        raise _file_error(
+            name, path, "is missing", field=key.decode(),
             hint=f"this is not a {name} archive file; download it again",
-        ) from None
+        ) from None  # fmt: skip
+
+
+
+
+_CIFAR_HINT = "the file is damaged or forged; download the archive again"
 
 
 def _cifar_images(batch: dict, path: Path, name: str) -> np.ndarray:
-    data = np.asarray(_field(batch, b"data", path, name))
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise UserError(
-            f"{path.name} holds data shaped {data.shape}, expected (N, 3072)",
-            where=str(path),
-            hint="download the archive again",
-        )
-    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+    """``data``: uint8 rows of 3072 pixels (R, G, B planes of 32 x 32), as N x 3 x 32 x 32."""
+    fail = _reporter(
+        name, path,
+        "CIFAR pixels are stored as uint8 (0..255) and advc does not convert them; "
+        "download the archive again",
+        "data",
+    )  # fmt: skip
+    data = _uint8_images(
+        _field(batch, b"data", path, name), fail, "(N, 3072)",
+        lambda s: len(s) == 2 and s[1] == 3 * 32 * 32,
+    )  # fmt: skip
+    if data.shape[0] == 0:
+        raise fail("holds no images")
+    return data.reshape(-1, 3, 32, 32)
+
+
+def _cifar_labels(
+    batch: dict, key: bytes, count: int, num_classes: int, path: Path, name: str
+) -> np.ndarray:
+    """The label field: one integer in ``[0, num_classes)`` per image."""
+    fail = _reporter(name, path, _CIFAR_HINT, key.decode())
+    value = _field(batch, key, path, name)
+    labels = _class_labels(value, fail, 0, num_classes)
+    if len(labels) != count:
+        raise fail(f"holds {len(labels)} labels but field 'data' holds {count} images")
+    return labels
+
+
+def _class_names(meta: dict, key: bytes, num_classes: int, path: Path, name: str) -> list[str]:
+    """The class-name field of the meta file: one str or bytes name per class."""
+    fail = _reporter(name, path, _CIFAR_HINT, key.decode())
+    value = _field(meta, key, path, name)
+    expected = f"expected a list of {num_classes} class names"
+    if not isinstance(value, (list, tuple)):
+        raise fail(f"holds {_describe(value)}, {expected}")
+    for item in value:
+        if not isinstance(item, (str, bytes)):
+            raise fail(f"holds {_kind(item)}, {expected}")
+    if len(value) != num_classes:
+        raise fail(f"holds {len(value)} names, {expected}")
+    return [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in value]
 
 
 def _find_folder(root: Path, base: str, files: list[str]) -> Path | None:
@@ -266,23 +613,26 @@ def _cifar(
         folder = _find_folder(root, base, files)
     if folder is None:
         raise _missing(name, root / base, [f"{base}/{f}" for f in files])
+    tally = _ImageBytes(name)
 
-    def read(fname: str) -> tuple[np.ndarray, list]:
-        batch = _read_pickle(folder / fname, name)
-        return _cifar_images(batch, folder / fname, name), list(
-            _field(batch, label_key, folder / fname, name)
-        )
+    def read(fname: str) -> tuple[np.ndarray, np.ndarray]:
+        path = folder / fname
+        batch = _read_pickle(path, name, tally)
+        images = _cifar_images(batch, path, name)
+        labels = _cifar_labels(batch, label_key, len(images), num_classes, path, name)
+        tally.add(path, images.nbytes)
+        return images, labels
 
     parts = [read(f) for f in train]
     xtr = np.concatenate([p[0] for p in parts])
-    ytr = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
+    ytr = np.concatenate([p[1] for p in parts])
     xte, yte = read(test)
-    meta_dict = _read_pickle(folder / meta, name)
-    classes = [
-        c.decode() if isinstance(c, bytes) else str(c)
-        for c in _field(meta_dict, names_key, folder / meta, name)
-    ]
-    return _make(name, _to_float(xtr), ytr, _to_float(xte), yte, num_classes, classes)
+    classes = _class_names(
+        _read_pickle(folder / meta, name, tally), names_key, num_classes, folder / meta, name
+    )
+    return _make(
+        name, _to_float(xtr), ytr, _to_float(xte), yte, num_classes, classes, str(folder)
+    )
 
 
 def _tv_download(name: str, fetch: Callable[[], object]) -> None:
@@ -322,8 +672,15 @@ def read_cifar100(root: str | os.PathLike | None = None, download: bool = False)
 
 
 def read_svhn(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
-    """SVHN's ``train_32x32.mat`` / ``test_32x32.mat`` (label 10 means digit 0, as in torchvision)."""
-    from scipy.io import loadmat
+    """SVHN's ``train_32x32.mat`` / ``test_32x32.mat`` (label 10 means digit 0, as in torchvision).
+
+    The official files are compressed MATLAB v5 files, so their size does not bound what they
+    decode to: the variable headers are read first (``whosmat``) and checked -- uint8 images,
+    one label per image, ``$ADVC_DATA_MAX_BYTES`` -- before ``loadmat`` decodes the data.
+    ``whosmat`` inflates only the first blocks of a compressed variable to read its header: a
+    constant ~270 MiB at zlib's densest (measured on a 2 MB file declaring 2.1 GB of pixels).
+    """
+    from scipy.io import loadmat, whosmat
 
     root = _resolve_root(root)
     files = ["train_32x32.mat", "test_32x32.mat"]
@@ -336,27 +693,47 @@ def read_svhn(root: str | os.PathLike | None = None, download: bool = False) -> 
         folder = _find_folder(root, "svhn", files)
     if folder is None:
         raise _missing("svhn", root, files)
+    tally = _ImageBytes("svhn")
+    hint = "SVHN files hold X, uint8 images shaped (32, 32, 3, N), and y, one label 1..10 per image (10 stands for digit 0); download the file again"  # fmt: skip
+    layout = "(32, 32, 3, N)"
 
     def read(fname: str) -> tuple[torch.Tensor, np.ndarray]:
         path = folder / fname
+        fail_x, fail_y = _reporter("svhn", path, hint, "X"), _reporter("svhn", path, hint, "y")
+        tally.check_file(path)
         try:
-            mat = loadmat(str(path))
-            images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).astype(np.int64)
-        except Exception as exc:  # scipy raises ValueError, MatReadError, KeyError, ...
-            raise UserError(
-                f"cannot read {fname}: {exc}", where=str(path), hint="download the file again"
-            ) from exc
-        if images.ndim != 4 or images.shape[2] != 3:
-            raise UserError(
-                f"{fname} holds images shaped {images.shape}, expected (32, 32, 3, N)",
-                where=str(path),
+            header = {var: (shape, kind) for var, shape, kind in whosmat(str(path))}
+        except Exception as exc:  # scipy raises ValueError, MatReadError, NotImplementedError, ...
+            raise _file_error(
+                "svhn", path, f"not a readable .mat file ({type(exc).__name__}: {exc})",
                 hint="download the file again",
-            )
-        labels = np.where(labels == 10, 0, labels).reshape(-1)
-        return _to_float(np.transpose(images, (3, 2, 0, 1)).astype(np.uint8)), labels
+            ) from exc  # fmt: skip
+        for var in ("X", "y"):
+            if var not in header:
+                raise _file_error("svhn", path, "is missing", field=var, hint=hint)
+        (xshape, xkind), (yshape, _) = header["X"], header["y"]
+        if xkind != "uint8" or len(xshape) != 4 or tuple(xshape[:3]) != (32, 32, 3):
+            raise fail_x(f"holds a {tuple(xshape)} {xkind} array, expected a {layout} uint8 array")
+        n = xshape[3]
+        if n == 0:
+            raise fail_x("holds no images")
+        if math.prod(yshape) != n:
+            raise fail_y(f"holds {math.prod(yshape)} labels but field 'X' holds {n} images")
+        tally.add(path, math.prod(xshape))
+        try:
+            mat = loadmat(str(path), variable_names=["X", "y"])
+        except Exception as exc:  # the data behind a valid header may still be damaged
+            raise _file_error(
+                "svhn", path, f"not a readable .mat file ({type(exc).__name__}: {exc})",
+                hint="download the file again",
+            ) from exc  # fmt: skip
+        images = _uint8_images(mat["X"], fail_x, layout, lambda s: s == (32, 32, 3, n))
+        labels = _class_labels(mat["y"], fail_y, 1, 11, whole_floats=True)
+        labels = np.where(labels == 10, 0, labels)
+        return _to_float(np.transpose(images, (3, 2, 0, 1))), labels
 
     (xtr, ytr), (xte, yte) = read(files[0]), read(files[1])
-    return _make("svhn", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)])
+    return _make("svhn", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)], str(folder))
 
 
 _MNIST_FILES = [
@@ -368,15 +745,33 @@ _MNIST_FILES = [
 
 
 def read_mnist(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
-    """MNIST through torchvision (which reads ``<root>/MNIST/raw/*-ubyte``)."""
+    """MNIST through torchvision (which reads ``<root>/MNIST/raw/*-ubyte``).
+
+    torchvision parses the idx files -- or, when ``MNIST/processed/training.pt`` and
+    ``test.pt`` both exist, ``torch.load``s those instead -- and what it returns is checked
+    like any other reader's output: uint8 images (N, 28, 28) backed by as many bytes as they
+    claim, integer labels in [0, 10), one per image.
+    """
     from torchvision.datasets import MNIST
 
     root = _resolve_root(root)
     raw = root / "MNIST" / "raw"
     if not download and not all((raw / f).is_file() for f in _MNIST_FILES):
         raise _missing("mnist", raw, [f"MNIST/raw/{f}" for f in _MNIST_FILES])
+    processed = root / "MNIST" / "processed"
+    legacy = all((processed / f).is_file() for f in ("training.pt", "test.pt"))
+    tally = _ImageBytes("mnist")
+    hint = "MNIST files hold uint8 images shaped (N, 28, 28) and one label 0..9 per image; download them again"  # fmt: skip
 
-    def read(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(train: bool) -> tuple[torch.Tensor, np.ndarray]:
+        prefix = "train" if train else "t10k"
+        if legacy:  # where torchvision reads from, so that errors name the right file
+            x_path = y_path = processed / ("training.pt" if train else "test.pt")
+        else:
+            x_path, y_path = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+        for path in (x_path, y_path):
+            if path.is_file():  # (absent only before a download)
+                tally.check_file(path)
         try:
             ds = MNIST(str(root), train=train, download=download)
         except Exception as exc:  # download failures, damaged idx files
@@ -385,18 +780,45 @@ def read_mnist(root: str | os.PathLike | None = None, download: bool = False) ->
                 where=str(raw),
                 hint="check the network connection, or put the idx files there by hand",
             ) from exc
-        return _to_float(ds.data.unsqueeze(1)), ds.targets
+        fail_x, fail_y = _reporter("mnist", x_path, hint), _reporter("mnist", y_path, hint)
+        data, targets = ds.data, ds.targets
+        if isinstance(data, torch.Tensor):
+            stored = data.untyped_storage().nbytes()
+            if data.numel() * data.element_size() > stored:  # a view repeating its storage
+                raise fail_x(f"holds {data.numel()} pixels backed by only {stored} bytes")
+            data = data.numpy()
+        images = _uint8_images(data, fail_x, "(N, 28, 28)", lambda s: len(s) == 3 and s[1:] == (28, 28))  # fmt: skip
+        if len(images) == 0:
+            raise fail_x("holds no images")
+        if isinstance(targets, torch.Tensor):
+            targets = targets.numpy()
+        labels = _class_labels(targets, fail_y, 0, 10)
+        if len(labels) != len(images):
+            raise fail_y(f"holds {len(labels)} labels but {x_path.name} holds {len(images)} images")
+        tally.add(x_path, images.nbytes)
+        return _to_float(images[:, None]), labels
 
     (xtr, ytr), (xte, yte) = read(True), read(False)
-    return _make("mnist", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)])
+    return _make("mnist", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)], str(raw))
 
 
 # --------------------------------------------------------------------------------------------
 # image folder
 
+#: PIL modes with 8 bits per channel: converting them to L or RGB never rescales a value.
+_EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
 
-def _read_image_split(folder: Path, class_to_idx: dict[str, int] | None):
-    """All images of ``folder/<class>/*`` as uint8 arrays, plus labels and the class list."""
+
+def _read_image_split(
+    folder: Path, class_to_idx: dict[str, int] | None, tally: _ImageBytes, root: Path
+):
+    """All images of ``folder/<class>/*`` as PIL images, plus labels and the class list.
+
+    Each image's mode and size are read from its header and checked (8 bits per channel,
+    ``$ADVC_DATA_MAX_BYTES``) before its pixels are decoded.
+    """
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
@@ -417,15 +839,27 @@ def _read_image_split(folder: Path, class_to_idx: dict[str, int] | None):
             hint="use the same class folder names under train/ and test/",
         )
     images, labels, sizes = [], [], set()
-    for path, idx in ds.samples:  # loading once, not a hot path
+    for name, idx in ds.samples:  # loading once, not a hot path
+        path = Path(name)
+        shown = path.relative_to(root).as_posix()
         try:
             with Image.open(path) as img:
+                if img.mode not in _EIGHT_BIT_MODES:
+                    raise _file_error(
+                        "imagefolder", path,
+                        f"holds mode {img.mode!r} pixels, expected 8 bits per channel "
+                        "(modes L, RGB, RGBA, P, ...)",
+                        hint="convert it to 8-bit RGB or grayscale; advc does not rescale pixels",
+                        shown=shown,
+                    )  # fmt: skip
+                tally.add(path, img.size[0] * img.size[1] * len(img.getbands()), shown)
                 img.load()
                 images.append(img.copy())
-        except OSError as exc:
-            raise UserError(
-                f"cannot read image: {exc}", where=path, hint="remove or fix it"
-            ) from exc
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise _file_error(
+                "imagefolder", path, f"not a readable image ({exc})",
+                hint="remove or fix it", shown=shown,
+            ) from exc  # fmt: skip
         labels.append(mapping[ds.classes[idx]])
         sizes.add(images[-1].size)
     if len(sizes) > 1:
@@ -447,8 +881,9 @@ def read_imagefolder(root: str | os.PathLike | None = None, download: bool = Fal
             where=str(root),
             hint="set the data root to the folder that holds train/ and test/",
         )
-    tr_imgs, ytr, classes, mapping = _read_image_split(root / "train", None)
-    te_imgs, yte, _, _ = _read_image_split(root / "test", mapping)
+    tally = _ImageBytes("imagefolder")
+    tr_imgs, ytr, classes, mapping = _read_image_split(root / "train", None, tally, root)
+    te_imgs, yte, _, _ = _read_image_split(root / "test", mapping, tally, root)
     if tr_imgs[0].size != te_imgs[0].size:
         raise UserError(
             f"train images are {tr_imgs[0].size} but test images are {te_imgs[0].size}",
@@ -463,7 +898,10 @@ def read_imagefolder(root: str | os.PathLike | None = None, download: bool = Fal
         arr = arr[:, None] if gray else arr.transpose(0, 3, 1, 2)
         return _to_float(arr)
 
-    return _make("imagefolder", stack(tr_imgs), ytr, stack(te_imgs), yte, len(classes), classes)
+    return _make(
+        "imagefolder", stack(tr_imgs), ytr, stack(te_imgs), yte, len(classes), classes,
+        str(root / "train"),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

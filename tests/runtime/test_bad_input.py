@@ -140,7 +140,83 @@ def test_cifar_label_out_of_range_is_one_line(tmp_path, label):
     spec = spec_with(tmp_path, data=f'cifar10(root = "{tmp_path / "data"}")')
     proc = advc("run", spec, "--out", tmp_path / "run", cwd=tmp_path)
     line = assert_one_error_line(proc, "labels must lie in [0, 10)", str(label))
-    assert "cifar10 (train)" in line
+    assert line == (
+        f"error: cifar10 file data_batch_2: field 'labels' holds {label}, but labels must lie "
+        f"in [0, 10) ({batch_file}) -- hint: the file is damaged or forged; download the "
+        "archive again"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def _float_pixels(batch: dict) -> tuple[str, str]:
+    batch[b"data"] = batch[b"data"].astype("float64")
+    batch[b"data"][0, 0] = float("nan")
+    return (
+        "cifar10 file data_batch_1: field 'data' holds a (4, 3072) float64 array, expected a "
+        "(N, 3072) uint8 array",
+        "CIFAR pixels are stored as uint8 (0..255) and advc does not convert them; download "
+        "the archive again",
+    )
+
+
+def _float_labels(batch: dict) -> tuple[str, str]:
+    batch[b"labels"][2] = 2.5
+    return (
+        "cifar10 file data_batch_1: field 'labels' holds floats (2.5), expected integer class "
+        "labels",
+        "the file is damaged or forged; download the archive again",
+    )
+
+
+def _memo_bomb(batch: dict) -> tuple[str, str]:
+    row = list(range(256)) * 12  # one 3072-pixel row, pickled once, referenced 20 000 times
+    batch[b"data"], batch[b"labels"] = [row] * 20000, [i % 10 for i in range(20000)]
+    return (
+        "cifar10 file data_batch_1: field 'data' holds a list of 20000 items, expected a "
+        "(N, 3072) uint8 array",
+        "CIFAR pixels are stored as uint8 (0..255) and advc does not convert them; download "
+        "the archive again",
+    )
+
+
+HOSTILE_CIFAR = {"float pixels": _float_pixels, "float labels": _float_labels, "memo bomb": _memo_bomb}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CIFAR))
+def test_hostile_cifar_file_is_one_line_exit_1_and_writes_nothing(tmp_path, case):
+    folder = write_cifar10_archive(tmp_path / "data", 4)
+    batch_file = folder / "data_batch_1"
+    with open(batch_file, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    message, hint = HOSTILE_CIFAR[case](batch)
+    with open(batch_file, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    before = snapshot(tmp_path / "data")
+    spec = spec_with(tmp_path, data="cifar10")
+    proc = advc("run", spec, "--data-root", tmp_path / "data", "--out", tmp_path / "run", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1
+    line = assert_one_error_line(proc)
+    assert line == f"error: {message} ({batch_file}) -- hint: {hint}"
+    assert not (tmp_path / "run").exists()
+    assert snapshot(tmp_path / "data") == before
+
+
+def test_one_class_cifar_data_is_one_line_exit_1_and_writes_nothing(tmp_path):
+    folder = write_cifar10_archive(tmp_path / "data", 4)
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch[b"labels"] = [7] * 4
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    spec = spec_with(tmp_path, data="cifar10")
+    proc = advc("run", spec, "--data-root", tmp_path / "data", "--out", tmp_path / "run", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1
+    assert assert_one_error_line(proc) == (
+        "error: cifar10 training split holds only class 7 ('horse'), expected at least 2 "
+        f"classes ({folder}) -- hint: a classifier trained on one class scores 100 % without "
+        "learning anything; check that every training file is there and complete"
+    )
     assert not (tmp_path / "run").exists()
 
 
