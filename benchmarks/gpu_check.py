@@ -368,10 +368,11 @@ def part_epoch(config: str, sizes: Sizes, data_root: Path, report: Report, deadl
     res = dict(results[-1] if results else {}, status=how)
     report.put("epoch", config, res)
     if "s_per_step" in res:
+        peak = res["peak_allocated_gib"]
+        peak = f"{peak} GiB allocated" if isinstance(peak, (int, float)) else peak
         print(f"  {config}: {res['s_per_step']:.4f} s/step, {res['images_per_s']:.0f} images/s, "
               f"{res['s_per_epoch_extrapolated']:.1f} s/epoch EXTRAPOLATED to {EPOCH_IMAGES} images; warm-up "
-              f"steps {res['warmup_s']} s; peak memory {res['peak_allocated_gib']} GiB allocated "
-              f"({how})", flush=True)
+              f"steps {res['warmup_s']} s; peak memory: {peak} ({how})", flush=True)
     else:
         print(f"  {config}: no steady-state figure ({how}); warm-up {res.get('warmup_s')}", flush=True)
 
@@ -835,7 +836,7 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: every code path, CUDA-only ones skipped")
     parser.add_argument("--backend", default=None,
                         help="torch.compile backend of the compile configuration (default: inductor; with --smoke "
-                             "and no CUDA aot_eager, which traces the same way without generating code)")
+                             "aot_eager, which traces the same way without generating code)")
     parser.add_argument("--launch-us", type=float, default=10.0,
                         help="assumed host time per launched operator: dispatch + kernel launch (us)")
     parser.add_argument("--sync-us", type=float, default=10.0, help="assumed host sync latency (us)")
@@ -851,7 +852,7 @@ def main(argv=None) -> int:
     deadline = start + args.budget_s
     sizes = SMOKE if args.smoke else FULL
     if args.backend is None:
-        args.backend = "aot_eager" if args.smoke and not torch.cuda.is_available() else "inductor"
+        args.backend = "aot_eager" if args.smoke else "inductor"
     report = Report(args.json)
     print(f"# advc GPU check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{header()}\n"
           f"sizes: {sizes}; budget {args.budget_s:.0f} s; torch.compile backend {args.backend}", flush=True)
