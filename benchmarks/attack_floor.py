@@ -76,19 +76,29 @@ def rows_per_step(steps, K):
     return [n for n in rows if n > 0]
 
 
+def count_survivors(predict, target, kappa):
+    """GA_PGD's per-sample loop: kappa (a host tensor) counts the samples still classified
+    correctly. On a GPU every `predict[p] == target[p]` is one kernel and one host sync."""
+    for p in range(len(predict)):
+        if predict[p] == target[p]:
+            kappa[p] += 1
+
+
 def published_style(model, data, target, eps, alpha, K):
-    """GA_PGD as the official GAIRAT attack_generator.py writes it (re-typed for timing)."""
+    """GA_PGD as the official GAIRAT attack_generator.py writes it (re-typed for timing).
+
+    Device placement as there: kappa stays on the host, the numpy start noise is copied to the
+    data's device (`.cuda()` there; a no-op on the CPU)."""
     model.eval()
     kappa = torch.zeros(len(data))
-    x_adv = data.detach() + torch.from_numpy(np.random.uniform(-eps, eps, data.shape)).float()
+    noise = torch.from_numpy(np.random.uniform(-eps, eps, data.shape)).float().to(data.device)
+    x_adv = data.detach() + noise
     x_adv = torch.clamp(x_adv, 0.0, 1.0)
     for _ in range(K):
         x_adv.requires_grad_()
         output = model(x_adv)
         predict = output.max(1, keepdim=True)[1]
-        for p in range(len(x_adv)):  # one host sync per sample on a GPU
-            if predict[p] == target[p]:
-                kappa[p] += 1
+        count_survivors(predict, target, kappa)
         model.zero_grad()
         loss_adv = torch.nn.CrossEntropyLoss(reduction="mean")(output, target)
         loss_adv.backward()  # parameter gradients too, never used

@@ -173,17 +173,25 @@ def published_fat_epoch(model, optimizer, loader, cfg):
     return bp_count
 
 
+def published_gairat_step(model, optimizer, data, target, cfg):
+    """One step of GAIRAT.py's `train` after the burn-in: GA_PGD, then the kappa-reweighted CE
+    step (kappa copied to the device first, `Kappa.cuda()` there; a no-op on the CPU)."""
+    x_adv, kappa = ga_pgd(model, data, target, cfg["eps"], cfg["alpha"], cfg["K"])
+    model.train()
+    optimizer.zero_grad()
+    logit = model(x_adv)
+    kappa = kappa.to(logit.device)
+    loss = torch.nn.CrossEntropyLoss(reduction="none")(logit, target)
+    loss = loss.mul(gair(cfg["K"], kappa, -1.0)).mean()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def published_gairat_epoch(model, optimizer, loader, cfg):
-    """GAIRAT.py's `train` after the burn-in: GA_PGD, then the kappa-reweighted CE step."""
+    """GAIRAT.py's `train` after the burn-in, one `published_gairat_step` per batch."""
     for data, target in loader:
-        x_adv, kappa = ga_pgd(model, data, target, cfg["eps"], cfg["alpha"], cfg["K"])
-        model.train()
-        optimizer.zero_grad()
-        logit = model(x_adv)
-        loss = torch.nn.CrossEntropyLoss(reduction="none")(logit, target)
-        loss = loss.mul(gair(cfg["K"], kappa, -1.0)).mean()
-        loss.backward()
-        optimizer.step()
+        published_gairat_step(model, optimizer, data, target, cfg)
     return None
 
 
