@@ -42,14 +42,16 @@ def main(argv=None) -> int:
     width = 8 if args.smoke else 64
     n = 32 if args.smoke else args.cifar_images
 
+    from advc.compiler.check import check_file
     from advc.runtime.data import load_dataset, write_cifar10_archive
+    from advc.runtime.loop import validation_size
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         quick = run(ROOT / "specs" / "quickstart.adv", tmp / "quick", f"train.epochs={1 if args.smoke else 3}")
         per_epoch = statistics.median(m["seconds"] for m in quick)
-        n_val = json.loads((tmp / "quick" / "resolved.json").read_text())["n_val"]
-        quick_images = int(load_dataset("digits").x_train.shape[0]) - int(n_val)
+        n_train = int(load_dataset("digits").x_train.shape[0])
+        quick_images = n_train - validation_size(check_file(ROOT / "specs" / "quickstart.adv").train.val, n_train)
         write_cifar10_archive(tmp / "data", max(n // 5, 2))
         spec = tmp / "cifar.adv"
         spec.write_text(

@@ -185,23 +185,24 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
             raise UserError("the checkpoint was trained with other settings than the spec says", where=str(path),
                             hint="evaluate with the spec (and --set values) it was trained with")
         digest = checkpoint_digest(path)
+        start = time.perf_counter()
         if digest in seen:  # best is often the last epoch: same weights, same numbers
             table[name], checks[name] = dict(table[seen[digest]]), list(checks.get(seen[digest], []))
-            continue
-        load_model_state(model, state, path)
-        model.eval()
-        table[name] = {}
-        start = time.perf_counter()
-        for config in configs:
-            t0 = time.perf_counter()
-            result = evaluate_model(model, x, y, [config], eps=target.eps, norm=target.norm, batch_size=batch_size)
-            table[name].update(result)
-            if not quiet:
-                print(f"{name}: {config.label} {result[config.label]:.2f}%  ({time.perf_counter() - t0:.1f}s)",
-                      flush=True)
-        if sanity:
-            checks[name] = sanity_checks(model, x, y, table[name], eps=target.eps, norm=target.norm,
-                                         batch_size=batch_size)
+        else:
+            load_model_state(model, state, path)
+            model.eval()
+            table[name] = {}
+            for config in configs:
+                t0 = time.perf_counter()
+                result = evaluate_model(model, x, y, [config], eps=target.eps, norm=target.norm,
+                                        batch_size=batch_size)
+                table[name].update(result)
+                if not quiet:
+                    print(f"{name}: {config.label} {result[config.label]:.2f}%  ({time.perf_counter() - t0:.1f}s)",
+                          flush=True)
+            if sanity:
+                checks[name] = sanity_checks(model, x, y, table[name], eps=target.eps, norm=target.norm,
+                                             batch_size=batch_size)
         if target.run_dir is not None:
             write_evaluation(target.run_dir, checkpoint=name, weights_sha256=digest,
                              epoch=int(extra.get("epoch", 0)), attacks=text, n=int(x.shape[0]), eps=target.eps,

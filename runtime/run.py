@@ -139,14 +139,14 @@ def run(opts: RunOptions) -> int:
                    init_from=str(Path(opts.init_from).resolve()) if opts.init_from else None)
     if launched():  # already one of several processes (multi-node through accelerate launch -m advc run)
         return _in_process(program, source, out, args)
-    check_out(out, resume=opts.resume)
+    check_out(out, resume=opts.resume)  # everything up to the lock only reads
+    if opts.resume:
+        _check_resume(out, program)
+    if n > 1:
+        _preflight(program, opts)  # fail here, in one process, with one line
     created = not out.exists()
     lock = lock_run_folder(out)
     try:
-        if opts.resume:
-            _check_resume(out, program)
-        if n > 1:
-            _preflight(program, opts)  # fail here, in one process, with one line
         write_records(out, program, source, overrides, opts)
         os.environ[LOCK_ENV] = str(out.resolve())
         try:

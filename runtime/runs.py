@@ -113,21 +113,21 @@ class TrackedRun(RunFolder):
                 continue
             state, _, extra = load_checkpoint(path, map_location=self.accelerator.device)
             epoch, digest = int(extra["epoch"]), checkpoint_digest(path)
+            t0 = time.perf_counter()
             if digest in evaluated:
                 table[name], checks[name] = dict(table[evaluated[digest]]), checks.get(evaluated[digest], [])
                 self.line(f"test {name}: same weights as {evaluated[digest]} (epoch {epoch + 1})")
-                continue
-            model.load_state_dict(state)
-            t0 = time.perf_counter()
+            else:
+                model.load_state_dict(state)
 
-            def report(label, acc, seconds, name=name, epoch=epoch):
-                self.line(f"test {name} (epoch {epoch + 1}): {label} {acc:.2f}%  ({seconds:.1f}s)")
+                def report(label, acc, seconds, name=name, epoch=epoch):
+                    self.line(f"test {name} (epoch {epoch + 1}): {label} {acc:.2f}%  ({seconds:.1f}s)")
 
-            table[name] = evaluate_sharded(self.accelerator, model, x, y, attacks, eps=eps, norm=norm,
-                                           batch_size=self.args.eval_batch, report=report)
-            if with_sanity and self.main:
-                checks[name] = sanity_checks(model, x, y, table[name], eps=eps, norm=norm,
-                                             batch_size=self.args.eval_batch)
+                table[name] = evaluate_sharded(self.accelerator, model, x, y, attacks, eps=eps, norm=norm,
+                                               batch_size=self.args.eval_batch, report=report)
+                if with_sanity and self.main:
+                    checks[name] = sanity_checks(model, x, y, table[name], eps=eps, norm=norm,
+                                                 batch_size=self.args.eval_batch)
             if self.main:
                 write_evaluation(self.dir, checkpoint=name, weights_sha256=digest, epoch=epoch, attacks=evaluate, n=n,
                                  eps=eps, norm=norm, results=table[name], sanity=checks.get(name),

@@ -16,7 +16,7 @@ _EPS = fixed("num", lo=0, doc="radius (default: the threat's)")
 _STEP = fixed("num", lo=0, lo_strict=True, doc="step size (default: eps/4)")
 _RESTARTS = fixed("int", default=1, lo=1, hi=1000)
 _TARGETS = fixed("int", default=9, lo=1, hi=999, doc="target classes (at most classes - 1 are used)")
-_INIT = fixed("choice", default="uniform", choices=("none", "uniform"))
+_INIT = fixed("choice", default="uniform", choices=("none", "uniform", "normal"))
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ def test_model_that_does_not_fit_the_data_is_one_line(tmp_path, callable_, needl
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     }
-    proc = advc("run", spec, "--out", tmp_path / "run", cwd=tmp_path, env=env)
+    proc = advc("run", spec, "--out", tmp_path / "run", "--trust-code", cwd=tmp_path, env=env)
     assert_one_error_line(proc, needle, "digits has 10 classes")
     assert not (tmp_path / "run").exists()
 
@@ -351,7 +351,7 @@ def test_resume_with_other_overrides_leaves_the_run_folder_unchanged(trained, tm
     shutil.copytree(trained, out)
     before = snapshot(out)
     proc = advc(
-        "run", QUICKSTART, "--out", out, "--resume", "--set", "train.epochs=2", "--no-eval",
+        "run", QUICKSTART, "--out", out, "--resume", "--set", "attack.steps=3", "--no-eval",
         "--quiet", cwd=tmp_path,
     )  # fmt: skip
     assert_one_error_line(proc, "the spec or its overrides changed")

@@ -162,7 +162,7 @@ def _kill_when(out: Path, env: dict, trigger) -> tuple[int, str]:
 def _after_folder(out: Path):
     def trigger(_elapsed):
         ckpt = out / "checkpoints"
-        if (out / "resolved.json").is_file() and not any(ckpt.glob("*.safetensors")):
+        if (out / "objective.py").is_file() and not any(ckpt.glob("*.safetensors")):
             return "run folder written, no checkpoint yet"
         return None
 

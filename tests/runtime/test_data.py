@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from advc.errors import UserError
 from advc.runtime.data import (
-    DATASETS,
     DeviceLoader,
     RandomCropFlip,
     augment_batch,
@@ -220,10 +219,16 @@ def test_unknown_name_suggests(tmp_path):
 
 
 def test_registry_lists_without_loading():
+    from advc.compiler.vocabulary.datasets import DATASETS
+
     assert {"digits", "cifar10", "cifar100", "svhn", "mnist", "imagefolder"} <= set(DATASETS)
-    loader, classes, channels, size = DATASETS["cifar100"]
-    assert (classes, channels, size) == (100, 3, 32) and callable(loader)
-    assert DATASETS["digits"].image_size == 8
+    entry = DATASETS["cifar100"]
+    classes, channels, size = entry.classes, entry.channels, entry.size
+    import advc.runtime.data as data
+
+    assert (classes, channels, size) == (100, 3, 32)
+    assert all(callable(getattr(data, e.reader)) for e in DATASETS.values())  # each names its reader
+    assert DATASETS["digits"].size == 8
 
 
 def test_mnist_idx_files_through_torchvision(tmp_path):

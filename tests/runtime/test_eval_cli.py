@@ -40,16 +40,22 @@ def test_eval_of_a_run_folder_prints_the_table_and_sanity_checks(run_dir):
     assert "`eps0-equals-natural`" in done.stdout and "Traceback" not in done.stderr
 
 
-def test_eval_of_a_run_folder_with_its_own_attacks_writes_results_json(run_dir, tmp_path):
-    done = advc("eval", run_dir, "--no-sanity", "--attacks", "natural")  # the full test split
+def test_eval_keeps_what_it_measured_and_never_changes_the_training_record(run_dir, tmp_path):
+    before = sorted(p.name for p in (run_dir / "evaluations").glob("*.json")) if (run_dir / "evaluations").is_dir() else []
+    done = advc("eval", run_dir, "--no-sanity", "--attacks", "natural pgd(steps = 3)", "--n", "50")
     assert done.returncode == 0, done.stderr
-    # only the spec's own evaluation list is written back to the run folder
-    assert "wrote" not in done.stdout
-    done = advc("eval", run_dir, "--spec", _cut_spec(tmp_path), "--no-sanity")
+    assert not (run_dir / "results.json").exists()  # the run was trained with --no-eval: no training record
+    kept = [json.loads(p.read_text()) for p in sorted((run_dir / "evaluations").glob("*.json"))
+            if p.name not in before]
+    assert sorted(k["checkpoint"] for k in kept) == ["best", "last"]
+    for record in kept:
+        assert record["attacks"] == "natural pgd(steps = 3)" and record["n"] == 50 and record["eps"] == 0.1
+        assert set(record["results"]) == {"Natural", "PGD-3"} and "sanity" not in record
+        assert len(record["weights_sha256"]) == 64
+    # the same evaluation again is kept beside the first, never over it
+    done = advc("eval", run_dir, "--no-sanity", "--attacks", "natural pgd(steps = 3)", "--n", "50")
     assert done.returncode == 0, done.stderr
-    results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["checkpoints"]) == {"best", "last"}
-    assert set(results["checkpoints"]["best"]) == {"Natural", "PGD-3"}
+    assert len(list((run_dir / "evaluations").glob("*.json"))) == len(before) + 4
 
 
 def test_eval_of_one_checkpoint_needs_its_spec(run_dir):
@@ -65,7 +71,7 @@ def test_eval_of_one_checkpoint_needs_its_spec(run_dir):
 def test_a_bad_attack_list_gets_a_located_diagnostic(run_dir):
     done = advc("eval", run_dir, "--attacks", "natural pgdd(steps = 3)")
     assert done.returncode == 2
-    assert "--attacks:1:20: error: unknown evaluation attack 'pgdd'" in done.stderr
+    assert "--attacks:1:9: error: unknown evaluation attack 'pgdd'" in done.stderr
     assert "did you mean 'pgd'?" in done.stderr and "Traceback" not in done.stderr
 
 

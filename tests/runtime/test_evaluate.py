@@ -333,7 +333,7 @@ def test_parse_attack_list_fields_and_parameters():
         ({"name": "pgd", "steps": 2.5}, "steps must be a whole number", None),
         ({"name": "pgd", "restarts": True}, "restarts", None),
         ({"steps": 20}, "needs a 'name'", None),
-        ({"name": "pgd", "init": "gaussian"}, "init must be 'uniform', 'none' or 'normal'", None),
+        ({"name": "pgd", "init": "gaussian"}, "init must be 'none', 'uniform' or 'normal'", None),
         ({"name": "autoattack", "version": "plus"}, "version must be 'standard'", None),
         ({"name": "autoattack", "attacks": ["apgd-dlr"]}, "attacks must be a list", None),
         ({"name": "autoattack", "square_queries": 0}, "square_queries must be a whole", None),

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from advc.compiler.vocabulary.models import MODELS
 from advc.errors import UserError
 from advc.runtime.models import (
-    MODELS,
     Normalize,
     NormalizedModel,
     build_model,
@@ -62,7 +62,7 @@ def not_a_module(in_channels, num_classes):
 )
 def test_reduced_models_forward(name, kwargs, channels, size, classes):
     torch.manual_seed(0)
-    model = build_model(name, in_channels=channels, num_classes=classes, **kwargs)
+    model = build_model(name, trust_code=True, in_channels=channels, num_classes=classes, **kwargs)
     out = model(torch.rand(3, channels, size, size))
     assert out.shape == (3, classes)
     out.sum().backward()  # trainable end to end
@@ -80,7 +80,7 @@ def test_reduced_models_forward(name, kwargs, channels, size, classes):
 )
 def test_full_size_parameter_counts(name, expected):
     with torch.device("meta"):  # no memory, no forward
-        model = build_model(name, in_channels=3, num_classes=10)
+        model = build_model(name, trust_code=True, in_channels=3, num_classes=10)
     assert n_params(model) == expected
 
 
@@ -88,7 +88,7 @@ def test_every_registry_model_builds_small():
     small = {"preact_resnet18": {"width": 4}, "wrn": {"depth": 10, "widen": 1}}
     for name in MODELS:
         with torch.device("meta"):
-            model = build_model(name, in_channels=3, num_classes=7, **small.get(name, {}))
+            model = build_model(name, trust_code=True, in_channels=3, num_classes=7, **small.get(name, {}))
         assert isinstance(model, nn.Module)
 
 
@@ -133,12 +133,12 @@ def test_unknown_option_is_a_user_error():
 
 def test_user_callable(tmp_path, monkeypatch):
     mod = write_user_module(tmp_path, monkeypatch, USER_MODULE)
-    model = build_model(f"{mod}:make", in_channels=1, num_classes=10, hidden=6)
+    model = build_model(f"{mod}:make", trust_code=True, in_channels=1, num_classes=10, hidden=6)
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
     assert model[1].out_features == 6
-    nested = build_model(f"{mod}:Factory.build", in_channels=2, num_classes=3)
+    nested = build_model(f"{mod}:Factory.build", trust_code=True, in_channels=2, num_classes=3)
     assert nested(torch.rand(2, 2, 8, 8)).shape == (2, 3)
-    normed = build_model(f"{mod}:make", in_channels=1, num_classes=10, mean=0.5, std=0.5)
+    normed = build_model(f"{mod}:make", trust_code=True, in_channels=1, num_classes=10, mean=0.5, std=0.5)
     assert isinstance(normed, NormalizedModel) and isinstance(normed.normalize, Normalize)
     check_model_fits(normed, 1, 8, 10)
 
@@ -159,14 +159,26 @@ def test_user_callable_errors(tmp_path, monkeypatch, target, match):
     name = target.format(mod=mod)
     extra = {"depth": 3} if match == "does not accept" else {}
     with pytest.raises(UserError, match=match) as err:
-        build_model(name, in_channels=1, num_classes=10, **extra)
+        build_model(name, trust_code=True, in_channels=1, num_classes=10, **extra)
     assert name in err.value.render()
+
+
+def test_user_model_runs_only_with_trust_code(tmp_path, monkeypatch):
+    """A spec's package.module:callable is code: without trust_code nothing is imported."""
+    mod = write_user_module(tmp_path, monkeypatch, "import pathlib\npathlib.Path('ran').write_text('x')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        build_model(f"{mod}:make", in_channels=1, num_classes=10)
+    assert err.value.render() == (
+        f"error: the spec names the model '{mod}:make', which imports and runs the module '{mod}' ({mod}:make) "
+        "-- hint: advc runs code a spec names only when you trust it: add --trust-code (Python: trust_code=True)")
+    assert not (tmp_path / "ran").exists() and mod not in __import__("sys").modules
 
 
 def test_user_module_failing_at_import(tmp_path, monkeypatch):
     mod = write_user_module(tmp_path, monkeypatch, "raise RuntimeError('boom')\n")
     with pytest.raises(UserError, match="boom"):
-        build_model(f"{mod}:make", in_channels=1, num_classes=10)
+        build_model(f"{mod}:make", trust_code=True, in_channels=1, num_classes=10)
 
 
 def test_check_model_fits_reports_mismatch():

@@ -105,12 +105,14 @@ def test_quickstart_one_epoch_writes_the_run_folder_and_prints_the_table(tmp_pat
     proc = advc("run", QUICKSTART, "--set", "train.epochs=1", "--out", out, "--eval-n", "16")
     assert proc.returncode == 0, proc.stderr
     for name in (
-        "spec.adv",
+        "spec/quickstart.adv",
+        "run.json",
         "resolved.json",
         "objective.py",
         "metrics.jsonl",
         "metrics.csv",
         "results.json",
+        "results.md",
         "checkpoints/best.safetensors",
         "checkpoints/last.safetensors",
         "plots/accuracy.png",
@@ -119,7 +121,7 @@ def test_quickstart_one_epoch_writes_the_run_folder_and_prints_the_table(tmp_pat
     ):
         assert (out / name).is_file(), name
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
-    assert (out / "spec.adv").read_text() == QUICKSTART.read_text()
+    assert (out / "spec" / "quickstart.adv").read_text() == QUICKSTART.read_text()
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert record["epoch"] == 0 and record["bps"] > 0 and 0 <= record["val_pgd20"] <= 100
     assert sum(record["kappa_hist"]) > 0 and record["passes"] >= record["bps"]
@@ -149,8 +151,8 @@ def test_tiny_cifar10_folder_in_the_real_pickle_format_trains_preact_resnet18(tm
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 8 and set(results["checkpoints"]["last"]) == {"Natural", "PGD-20"}
-    resolved = json.loads((out / "resolved.json").read_text())
-    assert resolved["train"]["data"] == "cifar10" and resolved["n_val"] == 8
+    record = json.loads((out / "run.json").read_text())
+    assert record["experiment"]["train.data"] == "cifar10" and record["experiment"]["train.val"] == 8
 
 
 def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
@@ -162,7 +164,7 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
         TINY_SPEC.format(data="digits", model='"tinymlp:build"', batch=50, val=100, augment="false")
     )
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    one = advc("run", spec, "--out", tmp_path / "one", "--no-eval", cwd=tmp_path, env=env)
+    one = advc("run", spec, "--out", tmp_path / "one", "--no-eval", "--trust-code", cwd=tmp_path, env=env)
     assert one.returncode == 0, one.stderr
     two = advc(
         "run",
@@ -172,11 +174,12 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
         "--no-eval",
         "--cpu-procs",
         "2",
+        "--trust-code",
         cwd=tmp_path,
         env=env,
     )
     assert two.returncode == 0, two.stderr + two.stdout
-    assert json.loads((tmp_path / "two" / "resolved.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["history"][-1]["processes"] == 2
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), atol=1e-5)
 
 
