@@ -152,10 +152,11 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
     from advc.compiler.lower import eval_text
     from advc.runtime.checkpoint import checkpoint_digest, load_checkpoint
     from advc.runtime.data import load_dataset
-    from advc.runtime.evaluate import evaluate_model, parse_attack_list, sanity_checks
+    from advc.runtime.evaluate import evaluate_model, parse_attack_list
     from advc.runtime.loop import load_model_state
     from advc.runtime.models import build_model
     from advc.runtime.results import write_evaluation
+    from advc.runtime.sanity import sanity_checks
 
     if n is not None and n < 1:
         raise UserError("--n must be at least 1", where="--n")

@@ -24,11 +24,7 @@ and differentiate with respect to the input only (``torch.autograd.grad``), so p
 The evaluation ε is the caller's (the spec's threat); an :class:`AttackConfig` may override
 it. Accuracies are percentages (0-100), as in the papers.
 
-:func:`sanity_checks` runs the standard tests against gradient masking (Carlini et al. 2019,
-"On evaluating adversarial robustness"; the AutoAttack paper's discussion of flawed
-evaluations): an attack
-that seems to work only because gradients are useless shows up as a black-box attack
-beating the white-box one, accuracy not falling as ε grows, or an unbounded attack failing.
+The sanity checks against gradient masking are :mod:`advc.runtime.sanity`.
 """
 
 from __future__ import annotations
@@ -36,10 +32,9 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +48,6 @@ from advc.runtime.attacks import eval_mode, pgd, predict_labels
 __all__ = [
     "ATTACK_NAMES",
     "AttackConfig",
-    "Check",
     "adversarial_examples",
     "autoattack",
     "cw",
@@ -64,7 +58,6 @@ __all__ = [
     "pgd",
     "robust_accuracy",
     "robust_flags",
-    "sanity_checks",
 ]
 
 
@@ -423,182 +416,3 @@ def evaluate_model(
         )
         results[cfg.label] = _percent(correct)
     return results
-
-
-# --------------------------------------------------------------------------------------
-# sanity checks against gradient masking
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """One sanity check's verdict: ``status`` is "pass" or "warn" (a warning is a reason to
-    distrust the numbers, not an error: the evaluation still completed)."""
-
-    name: str
-    status: Literal["pass", "warn"]
-    detail: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "detail": self.detail}
-
-
-def _fmt(acc: float) -> str:
-    return f"{acc:.2f}"
-
-
-def sanity_checks(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    results: Mapping[str, float],
-    *,
-    eps: float,
-    norm: str = "linf",
-    subset: int = 256,
-    batch_size: int = 256,
-    square_queries: int = 1000,
-    black_box_margin: float = 5.0,
-    tolerance: float = 0.5,
-    seed: int = 0,
-) -> list[Check]:
-    """Tests for gradient masking, on ``results`` (from :func:`evaluate_model` on ``x``)
-    and on cheap extra attacks run on the first ``subset`` samples:
-
-    1. ``eps0-equals-natural``: PGD-20 at ε = 0 gives the natural accuracy (a stochastic or
-       input-dependent-at-eval model breaks this).
-    2. ``monotone-in-eps``: PGD-20 accuracy does not rise along ε ∈ {0, ε/4, ε/2, ε, 2ε}.
-    3. ``more-steps-not-weaker``: PGD-K accuracy does not rise with K (e.g. PGD-100 <= PGD-20).
-    4. ``autoattack-strongest``: AA is at most every other column.
-    5. ``black-box-not-stronger``: the black-box Square attack is not more than
-       ``black_box_margin`` points below white-box PGD-20; a score-based attack beating the
-       gradient is the classic symptom of masked gradients (Carlini et al. 2019).
-    6. ``unbounded-reaches-chance``: PGD-20 with ε covering the whole box (1 for L-inf, √d
-       for L2) brings accuracy down to chance level (100 / classes) or below.
-
-    Comparisons allow ``tolerance`` points or one sample, whichever is larger. Checks 3 and
-    4 appear only when ``results`` has their columns; Square comes from ``results`` if
-    present there together with PGD-20, else both are run on the subset.
-    """
-    checks: list[Check] = []
-    device, dtype = _device_dtype(model, x)
-    x = x.detach().to(device=device, dtype=dtype)
-    y = y.detach().to(device=device, dtype=torch.long)
-    xs, ys = x[:subset], y[:subset]
-    m = max(xs.shape[0], 1)
-    tol_full = max(tolerance, 100.0 / max(x.shape[0], 1))
-    tol_sub = max(tolerance, 100.0 / m)
-
-    def acc(attack: AttackConfig, *, at_eps: float) -> float:
-        _, correct = robust_flags(
-            model, xs, ys, attack, eps=at_eps, norm=norm, batch_size=batch_size, seed=seed
-        )
-        return _percent(correct)
-
-    pgd20 = AttackConfig("pgd", steps=20)
-    nat = acc(AttackConfig("natural"), at_eps=eps)
-
-    # 1. eps = 0
-    at_zero = acc(pgd20, at_eps=0.0)
-    ok = abs(at_zero - nat) <= 1e-9
-    checks.append(
-        Check(
-            "eps0-equals-natural",
-            "pass" if ok else "warn",
-            f"PGD-20 at ε=0: {_fmt(at_zero)}, natural: {_fmt(nat)} (first {xs.shape[0]} samples)"
-            + (
-                ""
-                if ok
-                else " -- the model is not deterministic in eval mode, or the attack moves at ε=0"
-            ),
-        )
-    )
-
-    # 2. eps sweep
-    grid = [0.0, eps / 4, eps / 2, eps, 2 * eps]
-    sweep = [at_zero] + [acc(pgd20, at_eps=e) for e in grid[1:]]
-    rises = [
-        (grid[i], grid[i + 1]) for i in range(len(grid) - 1) if sweep[i + 1] > sweep[i] + tol_sub
-    ]
-    curve = ", ".join(f"ε={e:.4g}: {_fmt(a)}" for e, a in zip(grid, sweep))
-    checks.append(
-        Check(
-            "monotone-in-eps",
-            "warn" if rises else "pass",
-            f"PGD-20 accuracy {curve}"
-            + (f" -- rises between ε={rises[0][0]:.4g} and ε={rises[0][1]:.4g}" if rises else ""),
-        )
-    )
-
-    # 3. more PGD steps never help the model
-    pgd_cols = sorted(
-        (int(mt.group(1)), label) for label in results if (mt := re.fullmatch(r"PGD-(\d+)", label))
-    )
-    if len(pgd_cols) >= 2:
-        bad = [
-            (a, b)
-            for a, b in itertools.pairwise(pgd_cols)
-            if results[b[1]] > results[a[1]] + tol_full
-        ]
-        detail = ", ".join(f"{label}: {_fmt(results[label])}" for _, label in pgd_cols)
-        if bad:
-            detail += f" -- {bad[0][1][1]} is weaker than {bad[0][0][1]}"
-        checks.append(Check("more-steps-not-weaker", "warn" if bad else "pass", detail))
-
-    # 4. AutoAttack is the strongest column
-    if "AA" in results:
-        beaten = [k for k, v in results.items() if k != "AA" and results["AA"] > v + tol_full]
-        checks.append(
-            Check(
-                "autoattack-strongest",
-                "warn" if beaten else "pass",
-                f"AA: {_fmt(results['AA'])}"
-                + (
-                    f" -- above {', '.join(f'{k} ({_fmt(results[k])})' for k in beaten)}"
-                    if beaten
-                    else f", at most every other column ({len(results) - 1})"
-                ),
-            )
-        )
-
-    # 5. black box vs white box
-    if norm == "linf":
-        if "Square" in results and "PGD-20" in results:
-            sq, white, where, tol = results["Square"], results["PGD-20"], "all samples", tol_full
-        else:
-            sq = acc(AttackConfig("square", steps=square_queries), at_eps=eps)
-            white, where, tol = (
-                sweep[3],
-                f"first {xs.shape[0]} samples, {square_queries} queries",
-                tol_sub,
-            )
-        bad = sq < white - max(black_box_margin, tol)
-        checks.append(
-            Check(
-                "black-box-not-stronger",
-                "warn" if bad else "pass",
-                f"Square (black-box): {_fmt(sq)}, PGD-20: {_fmt(white)} ({where})"
-                + (
-                    " -- a black-box attack beats the gradient: gradients are likely masked"
-                    if bad
-                    else ""
-                ),
-            )
-        )
-
-    # 6. an unbounded attack must win
-    with torch.no_grad(), eval_mode(model):
-        n_classes = model(xs[:1]).shape[1] if xs.shape[0] else 1
-    big = 1.0 if norm == "linf" else math.sqrt(xs[0].numel() if xs.shape[0] else 1)
-    chance = 100.0 / n_classes
-    at_big = acc(AttackConfig("pgd", steps=20), at_eps=big)
-    bad = at_big > chance + tol_sub
-    checks.append(
-        Check(
-            "unbounded-reaches-chance",
-            "warn" if bad else "pass",
-            f"PGD-20 at ε={big:.4g}: {_fmt(at_big)} (chance {_fmt(chance)})"
-            + (" -- an attack allowed to change the whole input should not fail" if bad else ""),
-        )
-    )
-    return checks

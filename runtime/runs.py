@@ -93,8 +93,8 @@ class TrackedRun(RunFolder):
         with AutoAttack in the list, the gradient-masking sanity checks run too."""
         from advc.compiler.check import check_attacks
         from advc.runtime.checkpoint import checkpoint_digest, load_checkpoint
-        from advc.runtime.evaluate import sanity_checks
         from advc.runtime.results import Row, results_markdown, write_evaluation, write_results
+        from advc.runtime.sanity import sanity_checks
 
         self._stop_bar()
         if self.args.no_eval:

@@ -15,7 +15,6 @@ from torch import nn
 from advc.errors import UserError
 from advc.runtime.evaluate import (
     AttackConfig,
-    Check,
     adversarial_examples,
     evaluate_model,
     fgsm,
@@ -23,8 +22,8 @@ from advc.runtime.evaluate import (
     pgd,
     robust_accuracy,
     robust_flags,
-    sanity_checks,
 )
+from advc.runtime.sanity import Check, sanity_checks
 
 EPS = 0.05
 

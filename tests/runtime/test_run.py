@@ -164,14 +164,15 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
         TINY_SPEC.format(data="digits", model='"tinymlp:build"', batch=50, val=100, augment="false")
     )
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    one = advc("run", spec, "--out", tmp_path / "one", "--no-eval", "--trust-code", cwd=tmp_path, env=env)
+    cheap = ["--set", "evaluate=natural pgd(steps = 3)", "--eval-n", "20"]  # to the end, evaluation included
+    one = advc("run", spec, "--out", tmp_path / "one", *cheap, "--trust-code", cwd=tmp_path, env=env)
     assert one.returncode == 0, one.stderr
     two = advc(
         "run",
         spec,
         "--out",
         tmp_path / "two",
-        "--no-eval",
+        *cheap,
         "--cpu-procs",
         "2",
         "--trust-code",
@@ -181,6 +182,21 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
     assert two.returncode == 0, two.stderr + two.stdout
     assert json.loads((tmp_path / "two" / "run.json").read_text())["history"][-1]["processes"] == 2
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), atol=1e-5)
+    assert "| Checkpoint | Natural | PGD-3 |" in two.stdout
+    assert set(json.loads((tmp_path / "two" / "results.json").read_text())["checkpoints"]) == {"best", "last"}
+
+
+def test_quickstart_on_two_cpu_processes_ends_with_the_full_table(tmp_path):
+    """The headline multi-process command goes all the way through the final evaluation (AutoAttack too)."""
+    out = tmp_path / "two"
+    proc = advc("run", QUICKSTART, "--cpu-procs", "2", "--set", "train.epochs=1", "--eval-n", "40", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "| Checkpoint | Natural | FGSM | PGD-20 | CW∞ | PGD-100 | AA |" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["n"] == 40 and set(results["checkpoints"]["best"]) == {"Natural", "FGSM", "PGD-20", "CW∞",
+                                                                            "PGD-100", "AA"}
+    assert set(results["sanity"]) == {"best", "last"}  # AutoAttack in the list: the sanity checks ran
 
 
 def test_kill_after_first_epoch_then_resume_equals_uninterrupted_run(tmp_path):
