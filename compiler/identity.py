@@ -57,7 +57,7 @@ def settings_record(p: ir.Program) -> dict[str, object]:
         "attack.steps": _value(a.steps), "attack.step_size": _value(a.step_size), "attack.init": a.init,
         "attack.init_scale": a.init_scale, "attack.loss": a.loss, "attack.noise": _value(a.noise),
         "attack.confidence": a.confidence, "attack.mode": a.mode,
-        "form": f.kind, "form.tau": _value(f.tau), "form.rho": _value(f.rho),
+        "form": f.kind, "form.tau": _value(f.tau), "form.rho": _value(f.rho), "form.replay": f.replay,
         "form.stop": etext(f.stop) if f.stop is not None else None,
         "weight": w.kind, "weight.fn": w.fn, "weight.lambda": _value(w.lam), "weight.from_epoch": w.from_epoch,
         "weight.normalise": w.normalise, "weight.expr": etext(w.expr) if w.expr is not None else None,
@@ -65,12 +65,18 @@ def settings_record(p: ir.Program) -> dict[str, object]:
     }  # fmt: skip
     for b in (*f.bindings, *w.bindings, *p.loss.bindings):
         out[b.key] = _value(b)
+    if p.perturb is not None:
+        out.update({"perturb.gamma": p.perturb.gamma, "perturb.steps": p.perturb.steps, "perturb.lr": p.perturb.lr,
+                    "perturb.from_epoch": p.perturb.from_epoch})
     t = p.train
     if t is not None:
         out.update({"train.data": t.data, "train.model": t.model, "train.epochs": t.epochs, "train.batch": t.batch,
                     "train.seed": t.seed, "train.optim": t.optim, "train.lr": _value(t.lr),
                     "train.precision": t.precision, "train.val": t.val, "train.augment": t.augment,
                     "train.sync_bn": t.sync_bn, "train.channels_last": t.channels_last, "train.compile": t.compile})
+        if t.guard is not None:
+            out.update({"train.guard.steps": t.guard.steps, "train.guard.step_size": t.guard.step_size,
+                        "train.guard.drop": t.guard.drop})
         out.update({f"train.data.{k}": v for k, v in t.data_args if k not in ("root", "download")})
         out.update({f"train.model.{k}": v for k, v in t.model_args})
         out.update({f"train.optim.{k}": v for k, v in t.optim_args})

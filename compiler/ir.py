@@ -287,12 +287,34 @@ class Attack:
 
 @dataclass(frozen=True)
 class Form:
-    kind: str  # minmax | minmin
+    kind: str  # minmax | minmin | free
     tau: Setting | None
     rho: Setting | None
     stop: E | None  # per-sample stop rule; None: misclassified by rho
     stop_text: str
     bindings: tuple[Setting, ...]
+    origin: Origin | None
+    replay: int | None = None  # free: times each minibatch is replayed
+
+
+@dataclass(frozen=True)
+class Perturb:
+    """AWP: the weights move by gamma * ||w_l|| per layer toward higher loss before each update."""
+
+    gamma: float
+    steps: int
+    lr: float
+    from_epoch: int
+    origin: Origin | None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Stop training when PGD accuracy on the epoch's first training batch collapses (fast AT)."""
+
+    steps: int
+    step_size: float
+    drop: float
     origin: Origin | None
 
 
@@ -336,6 +358,7 @@ class Train:
     channels_last: bool = False  # GPU path: NHWC memory format for model and inputs
     compile: bool = False  # GPU path: torch.compile through Accelerate's dynamo_backend
     origins: tuple[tuple[str, Origin], ...] = ()
+    guard: Guard | None = None
 
     @property
     def user_model(self) -> bool:
@@ -372,6 +395,7 @@ class Program:
     loss: Loss
     train: Train | None  # None: an objective for a loop the user brings (advc.load / compile)
     evaluate: tuple[EvalAttack, ...]
+    perturb: Perturb | None = None
     overrides: tuple[tuple[str, str], ...] = field(default=())
     files: tuple[tuple[str, str], ...] = ()  # every spec file read (path, where it came from), root first
     texts: tuple[tuple[str, str], ...] = ()  # (path, text) of those files: the run folder records them

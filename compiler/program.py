@@ -20,6 +20,7 @@ from .fmt import expr as expr_text
 from .resolve import Resolved
 from .vocabulary import Param, fixed
 from .vocabulary.clauses import (
+    GUARDS,
     HEADS,
     OBJECTIVE_CLAUSES,
     OPTIMIZERS,
@@ -36,6 +37,8 @@ from .vocabulary.quantities import SCALARS
 # every numeric setting a spec can hold, by the name other numbers use for it
 SETTING_KEYS: dict[str, str] = {}
 for _section, _heads in HEADS.items():
+    if _section == "perturb":  # AWP's numbers are its own (its lr is not the learning rate)
+        continue
     for _params in _heads.values():
         for _name, _p in _params.items():
             if _p.kind in ("num", "int"):
@@ -203,6 +206,69 @@ def _form(b: Builder, clause):
     return (head, args, a.get("stop"), plain) if ok else None
 
 
+def _perturb(b: Builder, clause):
+    """``perturb weights(gamma = ..., steps = ..., lr = ..., from_epoch = ...)`` (AWP): its settings' keys."""
+    if clause is None:
+        return "absent"
+    if clause.where:
+        b.error("'perturb' takes no 'where' bindings", clause.where[0].span, "pass parameters inside the parentheses")
+        return None
+    got = b.check.head_args(clause.value, HEADS["perturb"], "perturbation", "perturb")
+    if got is None:
+        return None
+    return b.args("perturb", clause, got[1], HEADS["perturb"][got[0]], clause.value)
+
+
+def _guard(b: Builder, clause):
+    """``guard collapse(steps = 5, step_size = eps / 4, drop = 0.2)`` in the train block: its settings' keys."""
+    if clause is None:
+        return None
+    got = b.check.head_args(clause.value, GUARDS, "guard", "guard")
+    if got is None:
+        return "bad"
+    return b.args("guard", clause, got[1], GUARDS[got[0]], clause.value)
+
+
+def _free_rules(b: Builder, c: dict, norm: str, attack: dict) -> bool:
+    """What Free AT's replay needs of the other clauses (one step per replay from a kept perturbation)."""
+    clause = c["form"]
+    span = getattr(clause.value, "span", None)
+    ok = True
+    weight = c.get("weight")
+    if weight is not None and not (isinstance(weight.value, ast.Name) and weight.value.id == "none"):
+        b.error("form free replays one step per batch and computes no kappa to weigh by", weight.key.span,
+                "use weight none with form free")
+        ok = False
+    if norm != "linf":
+        b.error("form free replays an L-inf perturbation, as its official code", span, "use threat linf(...)")
+        ok = False
+    steps = b.pending.get(attack["steps"]) if attack else None
+    if steps is not None and not (isinstance(steps.x, ir.XConst) and steps.x.value == 1):
+        b.error("form free takes one ascent step per replay", steps.span or span, "set attack pgd(steps = 1, ...)")
+        ok = False
+    loss = c.get("loss")
+    if loss is not None and not any(isinstance(n, ast.Call) and any(isinstance(a, ast.Name) and a.id == "adv"
+                                                                    for a in n.args) for n in _ast_walk(loss.value)):
+        b.error("form free trains on its perturbed point: the loss needs a term of adv", loss.key.span,
+                "e.g. loss ce(adv)")
+        ok = False
+    if attack and attack.get("init") != "none":
+        b.error("form free keeps one perturbation per batch position, starting at 0", span,
+                "set attack pgd(..., init = none)")
+        ok = False
+    return ok
+
+
+def _ast_walk(node):
+    """Every node of a syntax tree (expressions)."""
+    yield node
+    for child in ("left", "right", "operand", "value", "key"):
+        if hasattr(node, child) and not isinstance(getattr(node, child), (str, int, float)):
+            yield from _ast_walk(getattr(node, child))
+    for a in getattr(node, "args", ()):
+        yield from _ast_walk(a)
+
+
 def _stop(b: Builder, stop_ast, plain: dict, clause) -> ir.E | None:
     e = b.check.expression(stop_ast, b.scope("stop", plain))
     if e is not None and _kind(e) != "bool":
@@ -359,6 +425,7 @@ def _train(b: Builder, merged: Resolved):
             v = b.add(f"train.{key}", key, v, param, clause.value, b.origin(clause))
         values[key] = v
         ok = ok and v is not None
+    guard = _guard(b, t.get("guard"))
     optim = None
     if t.get("optim") is not None:
         got = b.check.head_args(t["optim"].value, OPTIMIZERS, "optimizer", "optim")
@@ -366,9 +433,9 @@ def _train(b: Builder, merged: Resolved):
             head, a = got
             a = b.args("train", t["optim"], a, OPTIMIZERS[head], t["optim"].value)
             optim = head, a
-    if None in (data, model, optim) or not ok:
+    if None in (data, model, optim) or guard == "bad" or not ok:
         return None
-    return data, model, values, optim
+    return data, model, values, optim, guard
 
 
 def evaluation_list(check: Checker, items) -> tuple[ir.EvalAttack, ...] | None:
@@ -589,7 +656,11 @@ def _ranges(b: Builder, p: _Pending, values: _Values, epochs: int | None, varies
 
 
 def _cross_checks(b: Builder, values: _Values, epochs: int | None) -> bool:
-    """Rules between settings: some radius > 0, a step wherever the radius is > 0."""
+    """Rules between settings: a learning rate and a radius > 0 somewhere, a step wherever the radius is."""
+    lr = b.pending.get("train.lr")
+    if lr is not None and isinstance(lr.x, ir.XConst) and lr.x.value == 0:
+        b.error("'lr' must be > 0, got 0", lr.span)
+        return False
     if "threat.eps" not in b.pending:
         return True
     eps = b.pending["threat.eps"]
@@ -727,6 +798,9 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     attack = _attack(b, c.get("attack"))
     train = _train(b, merged)
     form = _form(b, c.get("form"))
+    perturb = _perturb(b, c.get("perturb"))
+    if form is not None and form[0] == "free" and not _free_rules(b, c, norm, attack):
+        form = None
     weight = _weight(b, c.get("weight"))
     loss = _loss(b, c.get("loss"), weight is not None and weight[0] != "none")
     stop = None
@@ -739,7 +813,7 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     if evaluate is not None and merged.evaluate is not None and not merged.evaluate.attacks:
         b.error("the evaluate block lists no attack", merged.evaluate.span, "e.g. evaluate { natural pgd(steps = 20) }")
         evaluate = None
-    if None in (norm, attack, form, weight, loss, train, evaluate) or report.diags:
+    if None in (norm, attack, form, weight, loss, train, evaluate, perturb) or report.diags:
         return None
     epochs = None if train == "absent" else train[2]["epochs"]
     if isinstance(epochs, str):  # a setting key: the number of epochs is a constant
@@ -752,9 +826,10 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     attack_ir = ir.Attack(s[a["steps"]], s[a["step_size"]], a["init"], float(s[a["init_scale"]].const), a["loss"],
                           s[a["noise"]], float(s[a["confidence"]].const), a["mode"], b.origin(c["attack"]))
     kind, fargs, _, fplain = form
+    replay = s[fargs["replay"]].const if kind == "free" else None
     form_ir = ir.Form(kind, s.get(fargs.get("tau")), s.get(fargs.get("rho")), stop,
                       expr_text(form[2]) if form[2] is not None else "", tuple(s[k] for k in fplain.values()),
-                      b.origin(c.get("form")))
+                      b.origin(c.get("form")), replay)
     wkind, fn, lam, from_epoch, normalise, wexpr, wplain = weight
     from_value = s[from_epoch].const if isinstance(from_epoch, str) else (from_epoch or 0)
     wtext = expr_text(c["weight"].value) if "weight" in c else "none"
@@ -771,14 +846,15 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     loss_ir = ir.Loss(lexpr, tuple(s[k] for k in lplain.values()), b.origin(c["loss"]))
     train_ir = None
     if train != "absent":
-        data, model, values, (optim, oargs) = train
+        data, model, values, (optim, oargs), guard = train
         v = {k: (s[x].const if isinstance(x, str) and x in s else x) for k, x in values.items()}
         origins = tuple((k, b.origin(cl)) for k, cl in sorted(merged.train.items()) if cl.span is not None)
         optim_args = tuple(sorted((k, s[x].const if isinstance(x, str) and x in s else x)
                                   for k, x in oargs.items() if k != "lr"))
         train_ir = ir.Train(data[0], data[1], model[0], model[1], int(v["epochs"]), int(v["batch"]), int(v["seed"]),
                             optim, s[oargs["lr"]], optim_args, v["precision"], v["val"], v["augment"], v["sync_bn"],
-                            v["channels_last"], v["compile"], origins)
+                            v["channels_last"], v["compile"], origins,
+                            _settled_guard(s, guard, b.origin(merged.train.get("guard"))))
         if isinstance(train_ir.val, float) and train_ir.val >= 1 and not train_ir.val.is_integer():
             b.error("'val' is a fraction below 1 or a whole number of samples", merged.train["val"].value.span)
             return None
@@ -786,7 +862,8 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     program = ir.Program(
         name=merged.name.name, file=merged.files[-1][0] if merged.files else "<spec>", chain=tuple(merged.chain),
         spec_hash=spec_hash, threat=threat, attack=attack_ir, form=form_ir, weight=weight_ir, loss=loss_ir,
-        train=train_ir, evaluate=evaluate, overrides=tuple(overrides), files=tuple(merged.files), settings=settings,
+        train=train_ir, evaluate=evaluate, perturb=_settled_perturb(s, perturb, b.origin(c.get("perturb"))),
+        overrides=tuple(overrides), files=tuple(merged.files), settings=settings,
         texts=tuple((f, report.sources.texts.get(f, "")) for f, _ in merged.files), parents=tuple(merged.parents),
     )
     from .warn import warn_program
@@ -794,6 +871,20 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     warn_program(b, program, merged)
     rendered = tuple(ir.Warning(d.code, d.message, render_one(d, report.sources)) for d in report.warnings)
     return replace(program, warnings=rendered)
+
+
+def _settled_perturb(s: dict, keys, origin) -> ir.Perturb | None:
+    if keys == "absent":
+        return None
+    return ir.Perturb(float(s[keys["gamma"]].const), int(s[keys["steps"]].const), float(s[keys["lr"]].const),
+                      int(s[keys["from_epoch"]].const), origin)
+
+
+def _settled_guard(s: dict, keys, origin) -> ir.Guard | None:
+    if keys is None:
+        return None
+    return ir.Guard(int(s[keys["steps"]].const), float(s[keys["step_size"]].const), float(s[keys["drop"]].const),
+                    origin)
 
 
 def _default_evaluate(report: Reporter):

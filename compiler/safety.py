@@ -42,6 +42,7 @@ ALLOWED_IMPORTS = {
     "advc.runtime.models": {"check_model_fits", "small_cnn", "preact_resnet18", "wrn34_10", "wrn32_10", "wrn28_10",
                             "wrn", "user_model"},
     "advc.runtime.runs": {"TrackedRun", "run_loggers"},
+    "advc.runtime.awp": {"WeightPerturbation"},
 }  # fmt: skip
 ALLOWED_MODULES = {"math", "torch"}
 BUILTINS = {"abs", "min", "max", "float", "int", "len", "range", "dataclass", "enumerate", "round"}
@@ -62,6 +63,7 @@ ATTRIBUTES = {
     "x_train", "y_train", "x_test", "y_test", "in_channels", "num_classes", "image_size", "name",
     "set_epoch", "progress", "start", "resume", "save", "evaluate", "close", "dir", "epoch_seconds",
     "record", "add", "parse", "check", "epochs", "cpu", "out", "trust_code", "eval_batch", "data_root", "download",
+    "perturbation", "collapsed", "perturb", "restore", "sign", "zeros_like", "grad",
 }  # fmt: skip
 
 

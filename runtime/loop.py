@@ -39,8 +39,17 @@ import numpy as np
 import torch
 
 from advc.errors import UserError
-from advc.runtime.attacks import eval_mode, pgd, predict_labels
+from advc.runtime.attacks import (
+    ascent_step,
+    eval_mode,
+    loss_and_input_grad,
+    pgd,
+    predict_labels,
+    project,
+    random_start,
+)
 from advc.runtime.checkpoint import load_checkpoint, save_checkpoint
+from advc.runtime.losses import cross_entropy
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -301,6 +310,9 @@ class RunFolder:
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
         self.history: list[dict] = []
         self.epoch_t0 = time.perf_counter()
+        self.delta = None  # Free AT's persistent perturbation
+        self.resumed: dict = {}  # what the resumed checkpoint kept besides weights and optimizer
+        self.robust_before = 0.0  # the collapse guard's last accuracy
 
     # start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -324,6 +336,8 @@ class RunFolder:
         if optim_state is not None:
             load_optimizer_state(optimizer, optim_state, path)
         self.best, self.best_epoch = float(extra["best_metric"]), int(extra["best_epoch"])
+        self.resumed = {k: extra[k] for k in ("perturbation",) if k in extra}
+        self.robust_before = float(extra.get("robust_before", 0.0))
         self.history = [r for r in read_metrics(self.dir) if int(r.get("epoch", -1)) <= int(extra["epoch"])]
         if self.main:
             write_metrics(self.dir, self.history)
@@ -338,6 +352,44 @@ class RunFolder:
     def epoch_seconds(self) -> float:
         return time.perf_counter() - self.epoch_t0
 
+    def perturbation(self, x: torch.Tensor) -> torch.Tensor:
+        """Free AT's perturbation, one per position of this process's share of a batch: zeros at
+        first (or what the resumed checkpoint kept), updated in place by every replay."""
+        if self.delta is None:
+            self.delta = torch.zeros_like(x)
+            kept = self.resumed.pop("perturbation", None)
+            world, rank = self.accelerator.num_processes, self.accelerator.process_index
+            pad = kept.shape[0] // world if isinstance(kept, torch.Tensor) and kept.dim() else 0
+            if pad >= len(x) and kept.shape[0] == pad * world and kept.shape[1:] == x.shape[1:]:
+                self.delta.copy_(kept[rank * pad : rank * pad + len(x)])
+            elif kept is not None:
+                self.line("note: the kept Free AT perturbation does not fit this process count; it restarts at 0")
+        return self.delta
+
+    def collapsed(self, model, x, y, epoch: int, *, eps: float, norm: str, steps: int, step_size: float,
+                  drop: float, mode: str = "eval") -> bool:
+        """Fast AT's early stop on catastrophic overfitting: PGD-``steps`` accuracy (one uniform
+        random start) on this epoch's first training batch, with the model in the attack's mode;
+        True when it fell by more than ``drop`` since the last check (training then stops, and
+        the checkpoints of the epoch before stay the last ones)."""
+        generator = torch.Generator(device=x.device).manual_seed(mix_seed(self.seed, epoch, 1))
+        was_training = model.training
+        model.train(mode == "train")
+        x_adv = _pgd_in_mode(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, generator=generator)
+        with torch.no_grad():
+            hits = (model(x_adv).argmax(1) == y).sum()
+        model.train(was_training)
+        total = self.accelerator.reduce(torch.stack([hits.double(), torch.tensor(float(len(y)), device=hits.device,
+                                                                                  dtype=torch.float64)]), "sum")
+        robust = float(total[0]) / max(float(total[1]), 1.0)
+        fell = robust < self.robust_before - drop
+        if fell:
+            self.line(f"epoch {epoch + 1}: PGD-{steps} accuracy on a training batch fell from "
+                      f"{100 * self.robust_before:.1f}% to {100 * robust:.1f}% (catastrophic overfitting): "
+                      f"training stops; the checkpoints of epoch {epoch} are kept")
+        self.robust_before = robust
+        return fell
+
     def save(self, epoch: int, model, optimizer, record: dict) -> bool:
         """Keep the last checkpoint, and the best by validation PGD-20; True when this one is best."""
         metric = record.get("val_pgd20")
@@ -345,10 +397,16 @@ class RunFolder:
         improved = metric > self.best
         if improved:
             self.best, self.best_epoch = metric, epoch
+        kept = None
+        if self.delta is not None:  # every process's perturbation, so a resume continues exactly
+            kept = self.accelerator.gather(self.accelerator.pad_across_processes(self.delta, dim=0)).to("cpu")
         if self.main:
             extra = {"epoch": epoch, "best_metric": self.best, "best_epoch": self.best_epoch, "spec": self.spec,
                      "spec_hash": self.spec_hash, "training_id": self.training_id, "epochs": self.epochs,
-                     "seed": self.seed, "processes": self.accelerator.num_processes, "metrics": record}  # fmt: skip
+                     "seed": self.seed, "processes": self.accelerator.num_processes, "metrics": record,
+                     "robust_before": self.robust_before}  # fmt: skip
+            if kept is not None:
+                extra["perturbation"] = kept
             state, optim_state = _cpu(model.state_dict()), _cpu(optimizer.state_dict())
             names = ["best", "last"] if improved else ["last"]
             for name in names:
@@ -505,6 +563,15 @@ def run_program(main, argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _pgd_in_mode(model, x, y, *, eps, norm, steps, step_size, generator):
+    """PGD-K from a uniform start with the model in whatever mode it is in (the collapse guard's)."""
+    x_adv = random_start(x, eps, norm, "uniform", generator=generator)
+    for _ in range(steps):
+        _, _, grad = loss_and_input_grad(model, x_adv, lambda z: cross_entropy(z, y))
+        x_adv = project(ascent_step(x_adv, grad, step_size, norm), x, eps, norm)
+    return x_adv.detach()
 
 
 def parameters_finite(model) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import Param, fixed
 
-OBJECTIVE_CLAUSES = ("threat", "attack", "form", "weight", "loss")
+OBJECTIVE_CLAUSES = ("threat", "attack", "form", "weight", "loss", "perturb")
 GAIR_FUNCTIONS = ("tanh", "sigmoid", "discrete")
 NORMALISE = ("mean", "sum", "none")
 
@@ -40,6 +40,11 @@ HEADS: dict[str, dict[str, dict[str, Param]]] = {
             "rho": Param("num", default=0, lo=0, doc="margin the wrong class must win by"),
             "stop": Param("stop", doc="per-sample stop rule (default: misclassified by rho)"),
         },
+        # Free AT (Shafahi et al. 2019): every minibatch is replayed m times; one backward gives the
+        # model's gradient and the perturbation's ascent step; the perturbation persists across batches
+        "free": {
+            "replay": fixed("int", required=True, lo=1, hi=1000, doc="m: times each minibatch is replayed"),
+        },
     },
     "weight": {
         "none": {},
@@ -52,22 +57,33 @@ HEADS: dict[str, dict[str, dict[str, Param]]] = {
     },
 }
 
+# AWP (Wu et al. 2020): before each update the weights move toward higher loss, layer by layer by
+# gamma * ||w_l||, found by `steps` ascent steps of SGD(lr) on a proxy copy; the update is taken there
+HEADS["perturb"] = {
+    "weights": {
+        "gamma": fixed("num", required=True, lo=0, hi=1, doc="size of the perturbation relative to each layer's norm"),
+        "steps": fixed("int", default=1, lo=1, hi=100, doc="ascent steps on the proxy"),
+        "lr": fixed("num", default=0.01, lo=0, lo_strict=True, doc="the proxy's learning rate"),
+        "from_epoch": fixed("int", default=0, lo=0, doc="warm-up: no perturbation before this epoch"),
+    },
+}
+
 # the special where-bindings of a weight expression (`weight exp(-margin) where normalise = none`)
 WEIGHT_SPECIAL = {k: HEADS["weight"]["gair"][k] for k in ("lambda", "from_epoch", "normalise")}
 
 OPTIMIZERS: dict[str, dict[str, Param]] = {
     "sgd": {
-        "lr": Param("num", required=True, lo=0, lo_strict=True),
+        "lr": Param("num", required=True, lo=0),  # 0 at some steps (a warm-up), > 0 at others
         "momentum": fixed("num", default=0.9, lo=0, hi=1, hi_strict=True),
         "weight_decay": fixed("num", default=0, lo=0),
         "nesterov": fixed("bool", default=False),
     },
     "adam": {
-        "lr": Param("num", required=True, lo=0, lo_strict=True),
+        "lr": Param("num", required=True, lo=0),
         "weight_decay": fixed("num", default=0, lo=0),
     },
     "adamw": {
-        "lr": Param("num", required=True, lo=0, lo_strict=True),
+        "lr": Param("num", required=True, lo=0),
         "weight_decay": fixed("num", default=0.01, lo=0),
     },
 }
@@ -88,7 +104,15 @@ TRAIN_VALUES: dict[str, Param] = {
     "channels_last": fixed("bool", default=False),
     "compile": fixed("bool", default=False),
 }
-TRAIN_CLAUSES = ("data", "model", "optim", *TRAIN_VALUES)
+# fast AT's early stop on catastrophic overfitting: PGD accuracy on the epoch's first training batch
+GUARDS: dict[str, dict[str, Param]] = {
+    "collapse": {
+        "steps": fixed("int", default=5, lo=1, hi=1000, doc="PGD steps of the check"),
+        "step_size": fixed("num", required=True, lo=0, lo_strict=True),
+        "drop": fixed("num", default=0.2, lo=0, lo_strict=True, hi=1, doc="stop when accuracy falls by more"),
+    },
+}
+TRAIN_CLAUSES = ("data", "model", "optim", "guard", *TRAIN_VALUES)
 # what a train block must say, with an example each (for hints)
 TRAIN_REQUIRED = {"data": "data digits", "model": "model small_cnn", "epochs": "epochs 10",
                   "optim": "optim sgd(lr = 0.1, momentum = 0.9)"}  # fmt: skip
