@@ -215,6 +215,26 @@ def table(runs: list[Path] = typer.Argument(..., help="Run folders holding resul
         _fail(err)
 
 
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A run folder."),
+           format_: str = typer.Option("robustbench", "--format", help="What to write (robustbench)."),
+           output: Path = typer.Option(..., "-o", "--output", help="A new or empty folder for the files."),
+           checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+           trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model named as package.module:callable.")
+           ) -> None:
+    """Write a trained model for others: weights, architecture, threat model and measured accuracies."""
+    from advc.runtime.export import export_robustbench
+
+    if format_ != "robustbench":
+        _fail(UserError(f"unknown export format '{format_}'", where="--format", hint="robustbench"))
+    try:
+        files = export_robustbench(run_dir, output, checkpoint=checkpoint, trust_code=trust_code)
+    except AdvcError as err:
+        _fail(err)
+    for path in files:
+        typer.echo(f"wrote {path}")
+
+
 def _click_exceptions(name: str) -> tuple[type, ...]:
     """click's exception class ``name``, from click and from the copy recent typer versions vendor."""
     import importlib

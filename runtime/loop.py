@@ -233,7 +233,7 @@ def stop_if_not_finite(value, *, epoch: int, epochs: int, step: int, steps: int,
         became = "became nan" if bool(torch.isnan(value).any()) else "became inf"
     last = Path(run_dir) / CHECKPOINTS / "last.safetensors"
     kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written before it"
-    raise UserError(f"{what} {became} at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} -- {kept}", hint=hint)
+    raise UserError(f"{what} {became} at epoch {epoch}/{epochs - 1}, step {step + 1}/{steps} -- {kept}", hint=hint)
 
 
 def check_weights(raw: torch.Tensor, total: torch.Tensor, text: str, where: str, epoch: int) -> None:
@@ -384,7 +384,7 @@ class RunFolder:
         robust = float(total[0]) / max(float(total[1]), 1.0)
         fell = robust < self.robust_before - drop
         if fell:
-            self.line(f"epoch {epoch + 1}: PGD-{steps} accuracy on a training batch fell from "
+            self.line(f"epoch {epoch}: PGD-{steps} accuracy on a training batch fell from "
                       f"{100 * self.robust_before:.1f}% to {100 * robust:.1f}% (catastrophic overfitting): "
                       f"training stops; the checkpoints of epoch {epoch} are kept")
         self.robust_before = robust
@@ -453,7 +453,7 @@ class RunFolder:
 def epoch_line(record: dict, epochs: int, improved: bool) -> str:
     val = record.get("val_pgd20")
     val_text = f"  val nat {record['val_natural']:.2f}%  PGD-20 {val:.2f}%" if val is not None else ""
-    return (f"epoch {record['epoch'] + 1}/{epochs}  lr {record['lr']:.4g}  loss {record['loss']:.4f}  "
+    return (f"epoch {record['epoch']}/{epochs - 1}  lr {record['lr']:.4g}  loss {record['loss']:.4f}  "
             f"κ {record['kappa_mean']:.2f}  BPs {record['bps']}{val_text}  ({record['seconds']:.1f}s)"
             + ("  *best" if improved else ""))
 
@@ -502,7 +502,7 @@ def check_training_state(extra: dict, path, *, training_id: str, epochs: int) ->
                         hint="resume with the same spec and --set values (only train.epochs may grow), or use --out")
     epoch = whole("epoch", 0, 10**7)
     if epoch > epochs - 1:  # (epoch == epochs - 1: training is done; a resume only evaluates)
-        raise UserError(f"the checkpoint is from epoch {epoch + 1}, but this run has {epochs} epochs", where=str(path),
+        raise UserError(f"the checkpoint is from epoch {epoch}, but this run's last epoch is {epochs - 1}", where=str(path),
                         hint=f"resume with --set train.epochs={epoch + 1} or more")
     whole("best_epoch", -1, epoch)
     best = extra.get("best_metric")

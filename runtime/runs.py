@@ -30,6 +30,7 @@ class TrackedRun(RunFolder):
         self.bar = None
         self.task = None
         self.lock = None
+        self.timed: list[float] = []  # seconds of the epochs this process trained
 
     # start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -64,7 +65,7 @@ class TrackedRun(RunFolder):
             self.bar.start()
             self.task = self.bar.add_task("training", total=len(loader) * self.epochs)
             self.bar.update(self.task, completed=len(loader) * epoch)
-        self.bar.update(self.task, description=f"epoch {epoch + 1}/{self.epochs}")
+        self.bar.update(self.task, description=f"epoch {epoch}/{self.epochs - 1}")
         for batch in loader:
             yield batch
             self.bar.update(self.task, advance=1)
@@ -79,6 +80,18 @@ class TrackedRun(RunFolder):
         if self.accelerator.log_with:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.accelerator.log(numbers, step=record["epoch"])
+            if self.main and record.get("kappa_hist"):
+                import numpy as np
+
+                writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+                counts = record["kappa_hist"]
+                writer.add_histogram("kappa", np.repeat(np.arange(len(counts)), counts), record["epoch"])
+        left = self.epochs - 1 - record["epoch"]
+        if len(self.timed) == 0 and left > 0:  # the first epoch this run trained: an estimate to plan by
+            seconds = record["seconds"] * left
+            self.line(f"about {record['seconds']:.1f} s per epoch: the {left} epochs left take about "
+                      f"{_duration(seconds)}, then the evaluation")
+        self.timed.append(record["seconds"])
 
     def line(self, text: str) -> None:
         if self.bar is not None:
@@ -116,12 +129,12 @@ class TrackedRun(RunFolder):
             t0 = time.perf_counter()
             if digest in evaluated:
                 table[name], checks[name] = dict(table[evaluated[digest]]), checks.get(evaluated[digest], [])
-                self.line(f"test {name}: same weights as {evaluated[digest]} (epoch {epoch + 1})")
+                self.line(f"test {name}: same weights as {evaluated[digest]} (epoch {epoch})")
             else:
                 model.load_state_dict(state)
 
                 def report(label, acc, seconds, name=name, epoch=epoch):
-                    self.line(f"test {name} (epoch {epoch + 1}): {label} {acc:.2f}%  ({seconds:.1f}s)")
+                    self.line(f"test {name} (epoch {epoch}): {label} {acc:.2f}%  ({seconds:.1f}s)")
 
                 table[name] = evaluate_sharded(self.accelerator, model, x, y, attacks, eps=eps, norm=norm,
                                                batch_size=self.args.eval_batch, report=report)
@@ -154,6 +167,10 @@ class TrackedRun(RunFolder):
             super().close()
         if self.lock is not None:
             self.lock.release()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def evaluate_sharded(accelerator, model, x, y, attacks, *, eps, norm, batch_size, report=None) -> dict[str, float]:

