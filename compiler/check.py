@@ -228,6 +228,8 @@ class Checker:
                 else:
                     self.error("'every' is epoch or step", getattr(arg.value, "span", None))
                     ok = False
+        for arg in call.args:
+            if isinstance(arg, ast.KwArg) and arg.name.name == "every":
                 continue
             if not isinstance(arg, ast.Pair):
                 self.error(f"{kind}(...) takes 'epoch: value' pairs", getattr(arg, "span", None),
@@ -239,19 +241,21 @@ class Checker:
             if epoch is None or value is None:
                 ok = False
                 continue
-            if (isinstance(epoch, float) and not epoch.is_integer()) or epoch < 0:
-                self.error("a schedule's epochs are whole numbers >= 0", arg.key.span)
+            # a schedule applied at every step may change within an epoch (12.8: after 12.8 epochs)
+            if (isinstance(epoch, float) and not epoch.is_integer() and every == "epoch") or epoch < 0:
+                self.error("a schedule's epochs are whole numbers >= 0", arg.key.span,
+                           "a fraction of an epoch needs every = step" if epoch >= 0 else None)
                 ok = False
                 continue
             value = self.in_range(value, arg.value, param, label)
             if value is None:
                 ok = False
                 continue
-            if points and int(epoch) <= points[-1][0]:
+            if points and epoch <= points[-1][0]:
                 self.error("a schedule's epochs must increase", arg.key.span)
                 ok = False
                 continue
-            points.append((int(epoch), value))
+            points.append((int(epoch) if float(epoch).is_integer() else float(epoch), value))
         if not ok:
             return None
         if not points:

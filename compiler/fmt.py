@@ -19,6 +19,12 @@ def _prec(e) -> int:
         return _PREC[e.op]
     if isinstance(e, ast.Neg):
         return 3
+    if isinstance(e, ast.Compare):
+        return 0
+    if isinstance(e, ast.Not):
+        return -1
+    if isinstance(e, ast.BoolOp):
+        return -2 if e.op == "and" else -3
     return _ATOM
 
 
@@ -51,6 +57,20 @@ def expr(e) -> str:
         return f"{left} {e.op} {right}"
     if isinstance(e, ast.Call):
         return f"{e.func.name}({', '.join(arg(a) for a in e.args)})"
+    if isinstance(e, ast.Compare):  # comparisons do not chain: both sides are sums
+        left, right = expr(e.left), expr(e.right)
+        left = f"({left})" if _prec(e.left) <= 0 else left
+        right = f"({right})" if _prec(e.right) <= 0 else right
+        return f"{left} {e.op} {right}"
+    if isinstance(e, ast.Not):
+        inner = expr(e.operand)
+        return f"not ({inner})" if _prec(e.operand) < -1 else f"not {inner}"
+    if isinstance(e, ast.BoolOp):
+        p = _prec(e)
+        left, right = expr(e.left), expr(e.right)
+        left = f"({left})" if _prec(e.left) < p else left
+        right = f"({right})" if _prec(e.right) <= p else right
+        return f"{left} {e.op} {right}"
     raise TypeError(f"not an expression: {e!r}")  # pragma: no cover
 
 

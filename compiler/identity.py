@@ -79,7 +79,7 @@ def settings_record(p: ir.Program) -> dict[str, object]:
                         "train.guard.drop": t.guard.drop})
         out.update({f"train.data.{k}": v for k, v in t.data_args if k not in ("root", "download")})
         out.update({f"train.model.{k}": v for k, v in t.model_args})
-        out.update({f"train.optim.{k}": v for k, v in t.optim_args})
+        out.update({f"train.optim.{k}": _value(v) if isinstance(v, ir.Setting) else v for k, v in t.optim_args})
     out["evaluate"] = " ".join(e.label for e in p.evaluate)
     return {k: v for k, v in out.items() if v is not None}
 

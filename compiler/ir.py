@@ -350,7 +350,7 @@ class Train:
     seed: int
     optim: str
     lr: Setting
-    optim_args: tuple[tuple[str, object], ...]
+    optim_args: tuple[tuple[str, object], ...]  # a value, or a Setting when it follows the epoch/step
     precision: str
     val: float | int
     augment: bool

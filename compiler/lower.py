@@ -425,6 +425,7 @@ def _used_settings(p: ir.Program) -> set[str]:
         keys.add(b.key)
     if p.train is not None:
         keys |= {p.train.lr.key, "train.epochs"}
+        keys |= {v.key for _, v in p.train.optim_args if isinstance(v, ir.Setting)}
     # and whatever those refer to, transitively
     settings = {s.key: s for s in p.settings}
     todo = list(keys)
@@ -447,9 +448,11 @@ def _emit_function(em: Emitted, numbers: Numbers) -> None:
     if em.constant:
         return
     if s.per_step:
-        sched = s.value
         em.signature = "epoch: int, step: int, steps_per_epoch: int"
-        em.body, em.doc = _step_body(sched)
+        if isinstance(s.value, ir.XSched):
+            em.body, em.doc = _step_body(s.value)
+        else:  # an expression of settings that follow the step (momentum = 0.9 - 0.5 * lr)
+            em.body, em.doc = [f"return {numbers.code(s.value)[0]}"], f"{s.text}, per step"
         return
     if isinstance(s.value, ir.XSched):
         em.body, em.doc = _sched_body(s.value, em.integer), f"{s.value.kind} schedule over epochs"
@@ -513,7 +516,16 @@ def _train(p: ir.Program, low: Lowered) -> dict:
             parts.append("download=True" if args.pop("download", False) else "download=args.download")
     parts += [f"{k}={literal(v)}" for k, v in sorted(args.items())]
     user = t.user_model
-    optim_args = ", ".join(f"{k}={literal(v)}" for k, v in t.optim_args)
+    first = "0, 0, len(loader)"  # the first step, for settings that follow the step
+
+    def at_start(v) -> str:
+        if not isinstance(v, ir.Setting):
+            return literal(v)
+        em = low.emitted[v.key]
+        return f"{em.py}_at({first})" if v.per_step else em.call("0")
+
+    optim_args = ", ".join(f"{k}={at_start(v)}" for k, v in t.optim_args)
+    momentum = dict(t.optim_args).get("momentum")
     lr = low.emitted[t.lr.key]
     return {
         "reader": data.reader,
@@ -523,8 +535,12 @@ def _train(p: ir.Program, low: Lowered) -> dict:
         "user_model": user,
         "optim_class": OPTIMIZER_CLASSES[t.optim],
         "optim_args": optim_args,
-        "lr_first": lr.call("0") if not lr.setting.per_step else "lr_at(0, 0, len(loader))",
+        "lr_first": at_start(lr.setting),
         "lr_per_step": lr.setting.per_step,
+        # momentum that follows the epoch or the step is set beside the learning rate
+        "momentum_call": (None if not isinstance(momentum, ir.Setting) else
+                          low.emitted[momentum.key].call() if not momentum.per_step else "momentum_at(epoch, step, len(loader))"),
+        "momentum_per_step": isinstance(momentum, ir.Setting) and momentum.per_step,
         "mixed_precision": {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision],
         "uniform_linf": p.attack.init == "uniform" and p.threat.norm == "linf",
     }

@@ -24,6 +24,7 @@ from .vocabulary.clauses import (
     HEADS,
     OBJECTIVE_CLAUSES,
     OPTIMIZERS,
+    PER_STEP,
     TRAIN_CLAUSES,
     TRAIN_REQUIRED,
     TRAIN_VALUES,
@@ -529,9 +530,14 @@ def settle(b: Builder, epochs: int | None) -> bool:
                           for n in nodes)
         per_step[key] = any((isinstance(n, ir.XSched) and n.every == "step")
                             or (isinstance(n, ir.XRef) and per_step[n.key]) for n in nodes)
-        if per_step[key] and key != "train.lr":
+        inline = [n for n in nodes if isinstance(n, ir.XSched) and n.every == "step" and n is not p.x]
+        if inline:
+            b.error("a per-step schedule is a whole value, not part of an expression", p.span,
+                    f"give '{p.name}' the schedule alone, or refer to a setting that follows it")
+            ok = False
+        if per_step[key] and key not in PER_STEP:
             lr_ref = any(isinstance(n, ir.XRef) and per_step[n.key] for n in nodes)
-            b.error("only the learning rate can change at every step" if not lr_ref
+            b.error("only the learning rate and momentum can change at every step" if not lr_ref
                     else f"'{p.name}' uses the learning rate, which changes at every step", p.span,
                     "give this setting an epoch schedule" if not lr_ref else "write the number")
             ok = False
@@ -628,8 +634,8 @@ def _ranges(b: Builder, p: _Pending, values: _Values, epochs: int | None, varies
     """Check the setting at every epoch of the run (and, per step, over its schedule's range);
     returns its (lowest, highest) value, or None after reporting a problem."""
     checks = values.epochs_to_check() if varies else [0]
-    if per_step:
-        sched = next(n for n in ir.xwalk(p.x) if isinstance(n, ir.XSched) and n.every == "step")
+    sched = next((n for n in ir.xwalk(p.x) if isinstance(n, ir.XSched) and n.every == "step"), None)
+    if per_step and sched is not None:
         o = dict(sched.options)
         extremes = ([o["max"] / o["div"] / o["final_div"], o["max"]] if sched.kind == "onecycle"
                     else [o["min"], o["max"]] if sched.kind == "cyclic" else [v for _, v in sched.points])
@@ -849,8 +855,9 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
         data, model, values, (optim, oargs), guard = train
         v = {k: (s[x].const if isinstance(x, str) and x in s else x) for k, x in values.items()}
         origins = tuple((k, b.origin(cl)) for k, cl in sorted(merged.train.items()) if cl.span is not None)
-        optim_args = tuple(sorted((k, s[x].const if isinstance(x, str) and x in s else x)
-                                  for k, x in oargs.items() if k != "lr"))
+        # a constant argument as its value, one that follows the epoch (or the step) as its setting
+        optim_args = tuple(sorted((k, (s[x].const if s[x].const is not None else s[x]) if isinstance(x, str) and x in s
+                                   else x) for k, x in oargs.items() if k != "lr"))
         train_ir = ir.Train(data[0], data[1], model[0], model[1], int(v["epochs"]), int(v["batch"]), int(v["seed"]),
                             optim, s[oargs["lr"]], optim_args, v["precision"], v["val"], v["augment"], v["sync_bn"],
                             v["channels_last"], v["compile"], origins,

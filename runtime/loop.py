@@ -157,9 +157,12 @@ def validation_size(val: float | int, n_train: int) -> int:
     return n_val
 
 
-def set_lr(optimizer, lr: float) -> float:
+def set_lr(optimizer, lr: float, momentum: float | None = None) -> float:
+    """Set the learning rate (and, when it follows a schedule too, the momentum); returns lr."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+        if momentum is not None:
+            group["momentum"] = momentum
     return lr
 
 
@@ -173,46 +176,49 @@ def correct(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class EpochStats:
-    """Sums over an epoch's steps, kept on the device (no host sync per step), reduced at the end."""
+    """Sums over an epoch's steps, kept on the device without a host sync per step, reduced at the end.
+
+    Rows (every update's samples, m times a batch under Free AT's replays) average the loss, kappa
+    and the adversarial accuracy; distinct samples average the natural accuracy and the backward
+    passes per sample. Counts that the host knows stay Python numbers (no copy to the device).
+    """
 
     def __init__(self, max_kappa: int, device):
-        self.sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss*n, n, kappa, bps, passes, nat, adv
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss*rows, kappa, bps, nat hits, adv hits
         self.hist = torch.zeros(max_kappa + 1, dtype=torch.float64, device=device)
         self.max_kappa = max_kappa
-        self.t0 = time.perf_counter()
+        self.rows = self.samples = self.passes = 0
 
-    def add(self, result, loss: torch.Tensor, y: torch.Tensor, natural_correct: torch.Tensor) -> None:
-        """One step: its AttackResult, (local mean) loss, labels, and natural hits before the update."""
+    def add(self, result, loss: torch.Tensor, y: torch.Tensor, natural_correct: torch.Tensor, replay: int = 0) -> None:
+        """One update: its AttackResult, (local mean) loss, labels, natural hits before the update
+        (counted once per batch: ``replay`` > 0 for Free AT's later replays)."""
         kappa = result.kappa.clamp(0, self.max_kappa)
-        device = self.sums.device
         n_local = int(y.shape[0])
-        adv_correct = (result.logits.argmax(1) == y).sum() if result.logits is not None else 0
-        self.sums += torch.stack([
-            loss.double() * n_local,
-            torch.tensor(float(n_local), device=device),
-            kappa.sum().double(),
-            result.steps.sum().double(),
-            torch.tensor(float(result.passes), device=device),
-            torch.as_tensor(natural_correct, device=device).double(),
-            torch.as_tensor(adv_correct, device=device).double(),
-        ]).to(self.sums)  # fmt: skip
+        first = replay == 0
+        adv = (result.logits.argmax(1) == y).sum().double() if result.logits is not None else self.sums[4] * 0
+        nat = natural_correct.double() if first else self.sums[3] * 0
+        self.sums += torch.stack([loss.double() * n_local, kappa.sum().double(), result.steps.sum().double(), nat, adv])
         self.hist += torch.bincount(kappa, minlength=self.max_kappa + 1).double()
+        self.rows += n_local
+        self.samples += n_local if first else 0
+        self.passes += int(result.passes)
 
     def record(self, epoch: int, lr: float, all_reduce) -> dict:
         """The epoch's metrics over all processes (one reduction)."""
-        sums, hist = all_reduce(self.sums), all_reduce(self.hist)
-        n = max(float(sums[1]), 1.0)
+        counts = torch.tensor([self.rows, self.samples, self.passes], dtype=torch.float64, device=self.sums.device)
+        sums, hist, counts = all_reduce(self.sums), all_reduce(self.hist), all_reduce(counts)
+        rows, samples = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
         return {
             "epoch": epoch,
             "lr": lr,
-            "loss": float(sums[0]) / n,
-            "kappa_mean": float(sums[2]) / n,
+            "loss": float(sums[0]) / rows,
+            "kappa_mean": float(sums[1]) / rows,
             "kappa_hist": [int(v) for v in hist.tolist()],
-            "bps": int(sums[3]),
-            "bps_per_sample": float(sums[3]) / n,
-            "passes": int(sums[4]),
-            "train_natural": 100.0 * float(sums[5]) / n,
-            "train_adversarial": 100.0 * float(sums[6]) / n,
+            "bps": int(sums[2]),
+            "bps_per_sample": float(sums[2]) / samples,
+            "passes": int(counts[2]),
+            "train_natural": 100.0 * float(sums[3]) / samples,
+            "train_adversarial": 100.0 * float(sums[4]) / rows,
         }
 
 

@@ -74,7 +74,8 @@ WEIGHT_SPECIAL = {k: HEADS["weight"]["gair"][k] for k in ("lambda", "from_epoch"
 OPTIMIZERS: dict[str, dict[str, Param]] = {
     "sgd": {
         "lr": Param("num", required=True, lo=0),  # 0 at some steps (a warm-up), > 0 at others
-        "momentum": fixed("num", default=0.9, lo=0, hi=1, hi_strict=True),
+        # momentum may follow the learning rate (CyclicLR's cycle_momentum: momentum = 0.9 - 0.5 * lr)
+        "momentum": Param("num", default=0.9, lo=0, hi=1, hi_strict=True),
         "weight_decay": fixed("num", default=0, lo=0),
         "nesterov": fixed("bool", default=False),
     },
@@ -87,6 +88,8 @@ OPTIMIZERS: dict[str, dict[str, Param]] = {
         "weight_decay": fixed("num", default=0.01, lo=0),
     },
 }
+# the settings that may change at every optimiser step (the rest follow the epoch at most)
+PER_STEP = ("train.lr", "train.momentum")
 # torch.optim class of each optimiser
 OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 # a learning rate above this trains nothing useful with any of the optimisers above
