@@ -204,13 +204,23 @@ def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or o
         typer.echo(f"\nkept in {chosen.run_dir / 'evaluations'}")
 
 
+ATTACKS_PICK_HELP = ("Show the newest kept evaluation with these attacks, e.g. 'natural pgd(steps = 20)' "
+                     "(default: each run's own evaluate list).")
+
+
 @app.command()
-def table(runs: list[Path] = typer.Argument(..., help="Run folders holding results.json.")) -> None:
-    """Merge several runs into one table (mean ± std over seeds of the same spec)."""
+def table(runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding run folders (a sweep)."),
+          attacks: str | None = typer.Option(None, "--attacks", help=ATTACKS_PICK_HELP),
+          checkpoint: str = typer.Option("both", "--checkpoint", help="best, last or both."),
+          by: str | None = typer.Option(None, "--by", help="One column group per value of this setting, "
+                                        "e.g. --by threat.eps."),
+          format_: str = typer.Option("md", "--format", help="md, csv, json or latex.")) -> None:
+    """One table over runs: a row per experiment and checkpoint (mean ± std over its seeds), the
+    settings that differ between rows as columns."""
     from advc.runtime.results import merge_runs
 
     try:
-        typer.echo(merge_runs(runs))
+        typer.echo(merge_runs(runs, attacks=attacks, checkpoint=checkpoint, by=by, format=format_), nl=False)
     except AdvcError as err:
         _fail(err)
 
