@@ -1,4 +1,4 @@
-"""The ``advc`` command line: check, fmt, compile, run, eval, table.
+"""The ``advc`` command line: check, fmt, compile, run, eval, table, plot.
 
 Heavy imports (torch, accelerate) happen inside the commands that need them, so
 ``advc check`` and ``advc fmt`` answer in a fraction of a second. Every error a user can
@@ -223,6 +223,23 @@ def table(runs: list[Path] = typer.Argument(..., help="Run folders, or folders h
         typer.echo(merge_runs(runs, attacks=attacks, checkpoint=checkpoint, by=by, format=format_), nl=False)
     except AdvcError as err:
         _fail(err)
+
+
+@app.command()
+def plot(runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding run folders (a sweep)."),
+         out: Path = typer.Option(..., "--out", help="Folder the figures are written to (PNG and SVG)."),
+         attacks: str | None = typer.Option(None, "--attacks", help=ATTACKS_PICK_HELP),
+         checkpoint: str = typer.Option("best", "--checkpoint", help="best or last.")) -> None:
+    """Figures across runs: accuracy vs eps, natural vs robust accuracy, training curves."""
+    from advc.runtime.plots import plot_runs
+
+    try:
+        drawn = plot_runs(runs, out, attacks=attacks, checkpoint=checkpoint)
+    except AdvcError as err:
+        _fail(err)
+    for figure in drawn.values():
+        for line in figure.lines():
+            typer.echo(line)
 
 
 def _click_exceptions(name: str) -> tuple[type, ...]:
