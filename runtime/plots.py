@@ -237,7 +237,7 @@ def _natural_vs_robust(groups: Sequence[Group], out: Path, checkpoint: str) -> F
 
 
 def _training_curves(runs: Sequence[RunRecord], out: Path) -> Figure:
-    from advc.runtime.report import read_metrics
+    from advc.runtime.loop import read_metrics
 
     name = "training_curves"
     experiments: dict[str, tuple[dict[str, Any], list[list[dict[str, Any]]]]] = {}

@@ -441,7 +441,7 @@ TABLE_FORMATS = ("md", "csv", "json", "latex")
 #: for the experiment's own evaluation settings, which only say what `advc run` evaluates.
 MEASURED = ("n", "eval eps", "attacks")
 RUN_EVALUATION = ("eval.n", "eval.eps", "evaluate")
-_NOT_A_RUN = "not an advc run folder: no run.json"
+_NOT_A_RUN = "not an advc run folder: no run.json"  # the wording of advc.runtime.run.NOT_A_RUN
 _RUN_FOLDERS = "name a folder written by advc run, or a folder holding such folders"
 _NOT_A_RUN_HINT = f"{_RUN_FOLDERS}; a run from before run.json was recorded has no experiment to group by: run it again"
 
@@ -462,35 +462,11 @@ class RunRecord:
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> RunRecord:
-    """A run folder's experiment record; a folder without ``run.json`` or a damaged one is one line."""
-    from advc.runtime.run import RUN_RECORD
+    """A run folder's experiment record (``run.json``, checked by ``advc.runtime.run.read_run_record``)."""
+    from advc.runtime.run import read_run_record
 
-    run_dir = Path(run_dir)
-    path = run_dir / RUN_RECORD
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(_NOT_A_RUN, where=str(run_dir), hint=_NOT_A_RUN_HINT) from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"run.json is unreadable: {exc}", where=str(path)) from None
-
-    def bad(field_: str, why: str) -> UserError:
-        return UserError(f"run.json field '{field_}' {why}", where=str(path),
-                         hint="the run folder was edited or damaged; run it again")
-
-    if not isinstance(data, dict) or data.get("format") != "advc-run":
-        raise bad("format", "is not 'advc-run'")
-    if not isinstance(data.get("experiment_id"), str) or not data["experiment_id"]:
-        raise bad("experiment_id", "must be a non-empty string")
-    experiment = data.get("experiment")
-    if (not isinstance(experiment, dict) or not isinstance(experiment.get("objective"), str)
-            or any(isinstance(v, (dict, list)) for v in experiment.values())):
-        raise bad("experiment", "must be an object of plain settings naming the objective")
-    if not isinstance(data.get("seed"), int) or isinstance(data["seed"], bool):
-        raise bad("seed", "must be an integer")
-    if not isinstance(data.get("advc_version"), str):
-        raise bad("advc_version", "must be a string")
-    return RunRecord(run_dir, data["seed"], data["experiment_id"], experiment, data["advc_version"])
+    data = read_run_record(Path(run_dir), rebuild=False)
+    return RunRecord(Path(run_dir), data["seed"], data["experiment_id"], data["experiment"], data["advc_version"])
 
 
 def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -79,7 +79,7 @@ def test_a_bad_attack_list_gets_a_located_diagnostic(run_dir):
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
     done = advc("eval", tmp_path, "--attacks", "natural")
-    assert done.returncode == 1 and "not a run folder" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "not an advc run folder" in done.stderr and "Traceback" not in done.stderr
 
 
 def _cut_spec(tmp_path: Path) -> Path:

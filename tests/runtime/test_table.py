@@ -429,13 +429,14 @@ def test_a_missing_folder_or_none_is_one_line(tmp_path):
     (json.dumps({"format": "advc-run", "seed": "0", "experiment_id": "ab", "experiment": BASE, "advc_version": "0.1.0"}),
      "run.json field 'seed' must be an integer"),
     (json.dumps({"format": "advc-run", "seed": 0, "experiment_id": "ab", "experiment": BASE}),
-     "run.json field 'advc_version' must be a string"),
+     "run.json field 'advc_version' must be a non-empty string"),
 ])
 def test_a_damaged_run_json_is_one_line_naming_it(tmp_path, content, message):
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(content, encoding="utf-8")
-    hint = "" if "unreadable" in message else " -- hint: the run folder was edited or damaged; run it again"
+    hint = "" if "unreadable" in message else (" -- hint: the run folder was edited or damaged; evaluate a checkpoint "
+                                               "with --spec, or run it again")
     assert refused(paths=[run]) == f"error: {message} ({run / 'run.json'}){hint}"
 
 
