@@ -477,9 +477,7 @@ class Job:
     point: Point
     proc: subprocess.Popen
     log: RunLog
-    slot: int
     started: float
-    mode: str
     open: bool = True  # its output pipe has not ended yet
     exited: float | None = None
 
@@ -593,7 +591,6 @@ class Runner:
         self.running: dict[int, Job] = {}
         self.done: list[Point] = []
         self.failed: list[tuple[Point, str]] = []
-        self.interrupted: list[Point] = []
         self.durations: list[float] = []
         self.signals = 0
         self.stopping_since: float | None = None
@@ -660,7 +657,7 @@ class Runner:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True,
                                 preexec_fn=preexec)  # noqa: PLW1509 - the sweep runs no threads
-        job = Job(point, proc, log, slot, time.monotonic(), mode)
+        job = Job(point, proc, log, time.monotonic())
         self.selector.register(proc.stdout, selectors.EVENT_READ, job)
         self.running[slot] = job
         where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self.opts.gpus else ""
@@ -680,13 +677,14 @@ class Runner:
             self.durations.append(seconds)
             self.display.line(f"done   {job.point.folder} in {clock(seconds)} -- {self.status()}")
         elif self.stopping_since is not None:
-            self.interrupted.append(job.point)
             self.display.line(f"stopped {job.point.folder} after {clock(seconds)}")
         else:
             code = job.proc.returncode
             why = job.log.last_error() if code else "it ended without its results"
             if code and code < 0:
-                why = f"killed by {signal.Signals(-code).name}; {why}"
+                with contextlib.suppress(ValueError):
+                    code = signal.Signals(-code).name
+                why = f"killed by {code}; {why}"
             self.failed.append((job.point, why))
             self.display.line(f"FAILED {job.point.folder}: {why} (log: {log}) -- {self.status()}", always=True)
 
