@@ -1,4 +1,4 @@
-"""The ``advc`` command line: check, fmt, compile, run, eval, table, plot.
+"""The ``advc`` command line: check, fmt, compile, run, eval, sweep, table, plot, export.
 
 Heavy imports (torch, accelerate) happen inside the commands that need them, so
 ``advc check`` and ``advc fmt`` answer in a fraction of a second. Every error a user can
@@ -206,6 +206,46 @@ def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or o
 
 ATTACKS_PICK_HELP = ("Show the newest kept evaluation with these attacks, e.g. 'natural pgd(steps = 20)' "
                      "(default: each run's own evaluate list).")
+
+
+@app.command()
+def sweep(specs: list[Path] = typer.Argument(..., help="Spec files; every grid point runs for each."),
+          grid: list[str] | None = typer.Option(
+              None, "--grid", help="KEY=V1,V2,...: a --set key and its values (repeatable; the runs are the product)."),
+          seeds: str | None = typer.Option(None, "--seeds", help="Training seeds, e.g. 0,1,2 (default: each spec's own)."),
+          out: Path = typer.Option(..., "--out", help="The sweep folder: sweep.json and one run folder per point."),
+          jobs: int | None = typer.Option(None, "--jobs", help="Runs at a time, each with its share of the cores (default 1)."),
+          gpus: int = typer.Option(0, "--gpus", help="Run on N GPUs: one run per GPU at a time."),
+          set_: list[str] | None = typer.Option(None, "--set", help="Override a spec value in every run (repeatable)."),
+          eval_: str | None = typer.Option(None, "--eval", help="Attacks added to each run's evaluate list."),
+          eval_n: int | None = typer.Option(None, "--eval-n", help="Evaluate on the first N test samples."),
+          no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation (a run is complete at its last epoch)."),
+          trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model named as package.module:callable."),
+          data_root: str | None = typer.Option(None, "--data-root", help="Folder holding the data sets."),
+          spec_path: list[str] | None = typer.Option(None, "--spec-path", help=PATH_HELP),
+          allow: list[str] | None = typer.Option(None, "--allow", help=ALLOW_HELP),
+          strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; failures and the table only.")
+          ) -> None:
+    """Run a grid of experiments (specs x --grid values x --seeds), N at a time; rerun to finish what is missing."""
+    import shlex
+
+    from advc.runtime.sweep import SweepOptions
+    from advc.runtime.sweep import sweep as run_sweep
+
+    opts = SweepOptions(specs=list(specs), out=out, grid=list(grid or []), seeds=seeds, overrides=list(set_ or []),
+                        jobs=jobs, gpus=gpus, eval_extra=eval_, eval_n=eval_n, no_eval=no_eval, trust_code=trust_code,
+                        data_root=data_root, spec_path=list(spec_path or []), allow=list(allow or []), strict=strict,
+                        quiet=quiet, command="advc " + shlex.join(sys.argv[1:]))
+    try:
+        code = run_sweep(opts)
+    except AdvcError as err:
+        _fail(err)
+    except OSError as exc:
+        _fail(UserError(f"{exc.strerror or exc}", where=getattr(exc, "filename", None) or "advc sweep",
+                        hint="free disk space or fix permissions, then rerun the same command"))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

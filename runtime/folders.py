@@ -23,7 +23,7 @@ from advc.errors import UserError
 LOCK_FILE = ".advc.lock"
 LOCK_ENV = "ADVC_RUN_LOCKED"
 # what an advc run folder holds (anything else in a folder means it belongs to someone else)
-RUN_FILES = {"run.json", "resolved.json", "spec", "spec.adv", "objective.py", "metrics.jsonl", "metrics.csv",
+RUN_FILES = {"run.json", "resolved.json", "spec", "spec.adv", "objective.py", "metrics.jsonl", "metrics.csv", "run.log",
              "results.json", "results.md", "checkpoints", "evaluations", "plots", "tensorboard", LOCK_FILE,
              "events"}  # fmt: skip
 
