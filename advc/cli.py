@@ -167,6 +167,9 @@ def run(spec: Path = typer.Argument(..., help="Spec file to train."),
         code = run_training(opts)
     except AdvcError as err:
         _fail(err)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted -- hint: the last good checkpoint is kept; --resume continues the run", err=True)
+        raise typer.Exit(130) from None
     except OSError as exc:  # disk full, permission: one line; the last good checkpoint stays
         _fail(UserError(f"{exc.strerror or exc}", where=getattr(exc, "filename", None) or "advc run",
                         hint="free disk space or fix permissions, then --resume"))

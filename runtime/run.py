@@ -72,8 +72,9 @@ def check_options(opts: RunOptions) -> None:
         require_gpus(opts.gpus)
 
 
-def compile_run(opts: RunOptions):
-    """The checked program and its generated module for a run (warnings printed, or errors with --strict)."""
+def compile_run(opts: RunOptions, warnings_to=None):
+    """The checked program and its generated module for a run; its warnings are written to
+    ``warnings_to`` (stderr by default), or are an error with --strict."""
     import sys
 
     from advc.compiler.check import check_file
@@ -86,7 +87,7 @@ def compile_run(opts: RunOptions):
         current = " ".join(eval_text(e) for e in program.evaluate)
         overrides.append(f"evaluate={current} {opts.eval_extra}")
         program = check_file(opts.spec, overrides, spec_path=opts.spec_path)
-    report_warnings(program, opts.allow, opts.strict, sys.stderr)
+    report_warnings(program, opts.allow, opts.strict, warnings_to if warnings_to is not None else sys.stderr)
     if program.train is None:
         raise UserError(f"objective '{program.name}' has no train block: advc run needs its data, model, epochs "
                         "and optim", where=str(opts.spec),

@@ -299,8 +299,7 @@ def check_points(points: list[Point], opts: SweepOptions) -> list[str]:
     for i, point in enumerate(points, start=1):
         printed = io.StringIO()
         try:
-            with contextlib.redirect_stderr(printed):  # its warnings: collected below, once
-                program, _, _ = compile_run(run_options(point, opts, opts.out))
+            program, _, _ = compile_run(run_options(point, opts, opts.out), printed)  # warnings: below, once
         except AdvcError as err:
             sys.stderr.write(printed.getvalue())  # (the warnings --strict refuses)
             raise PointError(err, point, i, len(points)) from None
