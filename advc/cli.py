@@ -257,12 +257,15 @@ def table(runs: list[Path] = typer.Argument(..., help="Run folders, or folders h
           checkpoint: str = typer.Option("both", "--checkpoint", help="best, last or both."),
           by: str | None = typer.Option(None, "--by", help="One column group per value of this setting, "
                                         "e.g. --by threat.eps."),
-          format_: str = typer.Option("md", "--format", help="md, csv, json or latex.")) -> None:
+          format_: str = typer.Option("md", "--format", help="md, csv, json or latex."),
+          cost: bool = typer.Option(False, "--cost", help="Add what training cost: backward passes per sample "
+                                    "and wall seconds (from metrics.jsonl).")) -> None:
     """One table over runs: a row per experiment and checkpoint (mean ± std over seeds), differing settings as columns."""
     from advc.runtime.results import merge_runs
 
     try:
-        typer.echo(merge_runs(runs, attacks=attacks, checkpoint=checkpoint, by=by, format=format_), nl=False)
+        typer.echo(merge_runs(runs, attacks=attacks, checkpoint=checkpoint, by=by, format=format_, cost=cost),
+                   nl=False)
     except AdvcError as err:
         _fail(err)
 

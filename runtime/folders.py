@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -29,6 +30,7 @@ RUN_FILES = {"run.json", "resolved.json", "spec", "spec.adv", "objective.py", "m
 
 
 CHECKPOINT_DIR = "checkpoints"
+METRICS = "metrics.jsonl"  # one JSON record per finished epoch
 
 
 def is_run_folder(path: Path) -> bool:
@@ -120,3 +122,26 @@ def claim_run_folder(path: Path, *, resume: bool) -> Lock:
         return Lock(None)  # held by the advc run that started this program
     check_out(path, resume=resume)
     return lock_run_folder(path)
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The per-epoch records of a run folder (an empty list when there are none)."""
+    path = Path(run_dir) / METRICS
+    rows = []
+    if path.is_file():
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(raw) if raw.strip() else None
+            except json.JSONDecodeError:  # a line cut by a crash: the epoch is redone anyway
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def write_metrics(run_dir, rows: list[dict]) -> None:
+    """Rewrite metrics.jsonl with ``rows`` (through a temporary file: never half written)."""
+    path = Path(run_dir) / METRICS
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)

@@ -49,10 +49,10 @@ from advc.runtime.attacks import (
     random_start,
 )
 from advc.runtime.checkpoint import load_checkpoint, save_checkpoint
+from advc.runtime.folders import METRICS, read_metrics, write_metrics
 from advc.runtime.losses import cross_entropy
 
 CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 
 
 # --- the command line of a training program --------------------------------------------------
@@ -462,29 +462,6 @@ def epoch_line(record: dict, epochs: int, improved: bool) -> str:
     return (f"epoch {record['epoch']}/{epochs - 1}  lr {record['lr']:.4g}  loss {record['loss']:.4f}  "
             f"κ {record['kappa_mean']:.2f}  BPs {record['bps']}{val_text}  ({record['seconds']:.1f}s)"
             + ("  *best" if improved else ""))
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """The per-epoch records of a run folder (an empty list when there are none)."""
-    path = Path(run_dir) / METRICS
-    rows = []
-    if path.is_file():
-        for raw in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(raw) if raw.strip() else None
-            except json.JSONDecodeError:  # a line cut by a crash: the epoch is redone anyway
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def write_metrics(run_dir, rows: list[dict]) -> None:
-    """Rewrite metrics.jsonl with ``rows`` (through a temporary file: never half written)."""
-    path = Path(run_dir) / METRICS
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- checking what a checkpoint holds before using it -------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from advc.errors import UserError
+from advc.runtime.folders import read_metrics
 from advc.runtime.results import (
     CHECKPOINTS,
     RUN_EVALUATION,
@@ -237,8 +238,6 @@ def _natural_vs_robust(groups: Sequence[Group], out: Path, checkpoint: str) -> F
 
 
 def _training_curves(runs: Sequence[RunRecord], out: Path) -> Figure:
-    from advc.runtime.loop import read_metrics
-
     name = "training_curves"
     experiments: dict[str, tuple[dict[str, Any], list[list[dict[str, Any]]]]] = {}
     for run in runs:

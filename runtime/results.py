@@ -53,6 +53,7 @@ from typing import Any
 
 from advc.errors import AdvcError, UserError
 from advc.files import atomic_write_text
+from advc.runtime.folders import read_metrics
 
 __all__ = [
     "CANONICAL_COLUMNS",
@@ -98,6 +99,9 @@ RESULTS_MD = "results.md"
 
 #: Column order of the papers' tables (FAT Table 1, GAIRAT Table 1) plus AutoAttack.
 CANONICAL_COLUMNS: tuple[str, ...] = ("Natural", "FGSM", "PGD-20", "CW∞", "PGD-100", "AA")
+#: ``advc table --cost``: what training cost, from metrics.jsonl -- backward passes per training
+#: sample summed over the epochs (FAT's "BPs"), and the epochs' wall seconds on the machine that ran them.
+COST_COLUMNS: tuple[str, ...] = ("BPs/sample", "train s")
 
 
 @dataclass
@@ -509,10 +513,11 @@ class Measurement:
     checkpoint: str
     evaluation: Mapping[str, Any]
     attacks: str  # the evaluation's attack list, canonical
+    cost: Mapping[str, float] = field(default_factory=dict)  # COST_COLUMNS, when asked for and recorded
 
     @property
     def results(self) -> Mapping[str, float]:
-        return self.evaluation["results"]
+        return {**self.evaluation["results"], **self.cost}
 
     def settings(self) -> dict[str, Any]:
         """The experiment's settings, with what this evaluation measured for its evaluation settings."""
@@ -543,8 +548,11 @@ class Group:
         return order_columns(label for m in self.members for label in m.results)
 
     def values(self, label: str) -> list[float]:
-        """The label's accuracy per seed, in seed order."""
-        return [m.results[label] for m in self.members if label in m.results]
+        """The label's number per seed, in seed order; none unless every seed has it (a mean over
+        some of the seeds would pass for a mean over all)."""
+        if not all(label in m.results for m in self.members):
+            return []
+        return [m.results[label] for m in self.members]
 
 
 @dataclass
@@ -581,10 +589,28 @@ def _choose(run: RunRecord, evaluations: Sequence[Mapping[str, Any]], checkpoint
     return (mine[-1] if mine else None), False
 
 
+def training_cost(run: RunRecord) -> dict[str, float] | str:
+    """The run's :data:`COST_COLUMNS` from its ``metrics.jsonl``, or why there are none: every
+    epoch of the experiment's ``train.epochs`` must be recorded once, with finite numbers."""
+    epochs = run.experiment.get("train.epochs")
+    rows = read_metrics(run.path)
+    if not isinstance(epochs, int) or [r.get("epoch") for r in rows] != list(range(epochs)):
+        return f"metrics.jsonl does not record epochs 0-{epochs - 1 if isinstance(epochs, int) else '?'} once each"
+    total = {"BPs/sample": 0.0, "train s": 0.0}
+    for row in rows:
+        for label, key in (("BPs/sample", "bps_per_sample"), ("train s", "seconds")):
+            value = row.get(key)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                return f"metrics.jsonl epoch {row['epoch']}: {key} is not a finite number >= 0"
+            total[label] += value
+    return total
+
+
 def collect(paths: Iterable[str | os.PathLike[str]], *, attacks: str | None = None,
-            checkpoints: Sequence[str] = CHECKPOINTS) -> Collected:
+            checkpoints: Sequence[str] = CHECKPOINTS, cost: bool = False) -> Collected:
     """Read run folders (see :func:`find_run_dirs`), choose each checkpoint's evaluation and group
-    the runs: one group per experiment, checkpoint and measurement (n, ε, attacks).
+    the runs: one group per experiment, checkpoint and measurement (n, ε, attacks). With ``cost``
+    each measurement also carries its run's :func:`training_cost`.
 
     The same experiment with the same seed twice is refused: counting one seed twice would
     shrink the std."""
@@ -614,6 +640,10 @@ def collect(paths: Iterable[str | os.PathLike[str]], *, attacks: str | None = No
     missing: dict[str, list[str]] = {}
     for run in runs:
         evaluations = [dict(e, canonical=canon(e["attacks"])) for e in load_evaluations(run.path)]
+        spent = training_cost(run) if cost else {}
+        if isinstance(spent, str):
+            notes.append(f"{run.path}: no training cost: {spent}")
+            spent = {}
         for checkpoint in checkpoints:
             chosen, asked = _choose(run, evaluations, checkpoint, wanted)
             if chosen is None:
@@ -622,7 +652,7 @@ def collect(paths: Iterable[str | os.PathLike[str]], *, attacks: str | None = No
             if not asked:
                 notes.append(f"{run.path} ({checkpoint}): no kept evaluation of its own evaluate list "
                              f"({run.experiment.get('evaluate')}); shown: its newest, {chosen['canonical']}")
-            measured.append(Measurement(run, checkpoint, chosen, chosen["canonical"]))
+            measured.append(Measurement(run, checkpoint, chosen, chosen["canonical"], spent))
             for check in chosen.get("sanity", []):
                 if check["status"] == "warn":
                     warnings.append(f"{run.path} ({run.objective} seed {run.seed}, {checkpoint}) "
@@ -802,14 +832,15 @@ class Table:
 
 
 def build_table(paths: Iterable[str | os.PathLike[str]], *, attacks: str | None = None,
-                checkpoint: str = "both", by: str | None = None) -> Table:
+                checkpoint: str = "both", by: str | None = None, cost: bool = False) -> Table:
     """Rows per experiment and checkpoint (see :func:`merge_runs`)."""
     if checkpoint not in (*CHECKPOINTS, "both"):
         raise UserError(f"unknown checkpoint {checkpoint!r}", where="--checkpoint", hint="best, last or both")
     paths = list(paths)
     if not paths:
         raise UserError("no run folders given", where="advc table", hint="name run folders or a sweep folder")
-    got = collect(paths, attacks=attacks, checkpoints=CHECKPOINTS if checkpoint == "both" else (checkpoint,))
+    got = collect(paths, attacks=attacks, checkpoints=CHECKPOINTS if checkpoint == "both" else (checkpoint,),
+                  cost=cost)
     if not got.groups:
         what = f" of the {checkpoint} checkpoint" if checkpoint != "both" else ""
         attacks_text = f" --attacks '{canonical_attacks(attacks)}'" if attacks is not None else ""
@@ -871,7 +902,7 @@ def _pivot(groups: Sequence[Group], by: str) -> tuple[list[TableRow], list[Colum
 
 
 def merge_runs(run_dirs: Iterable[str | os.PathLike[str]], *, attacks: str | None = None,
-               checkpoint: str = "both", by: str | None = None, format: str = "md") -> str:
+               checkpoint: str = "both", by: str | None = None, format: str = "md", cost: bool = False) -> str:
     """One table over run folders (or folders holding run folders): the text ``advc table`` prints.
 
     Rows are experiments (``run.json``'s experiment_id, never the spec's name) per checkpoint; the
@@ -879,13 +910,14 @@ def merge_runs(run_dirs: Iterable[str | os.PathLike[str]], *, attacks: str | Non
     settings that differ between rows are columns, so a reader sees what changed. The numbers are
     the kept evaluations: the newest of each run's own evaluate list (else its newest of any kind),
     or with ``attacks`` the newest of that list; runs averaged together also agree on the
-    evaluation's n and ε. ``by`` pivots: one column group per value of that setting.
+    evaluation's n and ε. ``by`` pivots: one column group per value of that setting. ``cost`` adds
+    :data:`COST_COLUMNS` (what training cost, from each run's metrics.jsonl).
     ``format``: md (default), csv, json or latex. Notes (left-out runs, mixed advc versions) and
     sanity warnings follow the table (as ``#``/``%`` comment lines in CSV/LaTeX, keys in JSON).
     """
     if format not in TABLE_FORMATS:
         raise UserError(f"unknown table format {format!r}", where="--format", hint="md, csv, json or latex")
-    table = build_table(run_dirs, attacks=attacks, checkpoint=checkpoint, by=by)
+    table = build_table(run_dirs, attacks=attacks, checkpoint=checkpoint, by=by, cost=cost)
     render = {"md": _table_markdown, "csv": _table_csv, "json": _table_json, "latex": _table_latex}[format]
     return render(table)
 
@@ -904,7 +936,11 @@ def _caption(table: Table) -> str:
     parts = [f"{k}={table.differences.text(k, v) if k != 'attacks' else v}" for k, v in table.common.items()]
     parts += [f"{table.differences.short.get(k, k)} = {table.differences.short.get(j, j)}"
               for k, j in table.same_as.items()]
-    return "Test accuracy (%), mean ± sample std over seeds" + (f"; {', '.join(parts)}" if parts else "") + "."
+    text = "Test accuracy (%), mean ± sample std over seeds" + (f"; {', '.join(parts)}" if parts else "") + "."
+    if any(c.attack in COST_COLUMNS for c in table.columns):
+        text += (" BPs/sample: backward passes per training sample over all epochs; train s: the epochs'"
+                 " wall seconds on the machine that ran them.")
+    return text
 
 
 def _table_markdown(table: Table) -> str:
@@ -955,6 +991,8 @@ def _table_json(table: Table) -> str:
                 continue
             g = row.cells[c.header]
             values = g.values(c.attack)
+            if not values:
+                continue
             mean, std = _mean_std(values)
             cells.append({"column": c.header, "attack": c.attack,
                           "by": None if table.by is None else {table.by: c.by_value},

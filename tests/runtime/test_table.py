@@ -524,3 +524,50 @@ def test_eval_with_attacks_then_table_with_those_attacks_prints_those_numbers(qu
     assert "n=40" in done.stdout
     assert f"left out of best (no kept evaluation with the attacks 'natural pgd(steps = 3)'): " \
            f"{quickstart_runs['eps0.05-seed1']}" in done.stdout
+
+
+# --------------------------------------------------------------------------------------
+# --cost: what training cost, from metrics.jsonl
+# --------------------------------------------------------------------------------------
+
+
+def metrics(run: Path, rows: list[dict]) -> None:
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def epochs_of(bps: list[float], seconds: list[float]) -> list[dict]:
+    return [{"epoch": e, "bps_per_sample": b, "seconds": s} for e, (b, s) in enumerate(zip(bps, seconds))]
+
+
+def test_cost_sums_each_runs_epochs_and_averages_the_seeds(tmp_path):
+    runs = []
+    for s, (bps, secs) in enumerate([([3.0, 4.0], [1.0, 2.0]), ([3.5, 4.5], [1.5, 2.5])]):
+        run = trained(tmp_path, f"fat-{s}", {"train.epochs": 2}, seed=s, best={"Natural": 80.0, "PGD-20": 40.0})
+        metrics(run, epochs_of(bps, secs))
+        runs.append(run)
+    md = merge_runs(runs, cost=True)
+    assert rows_of(md)[0][-2:] == ["BPs/sample", "train s"]
+    assert by_row(md, 3)[("fat", "best", "2 seeds")][-2:] == [ms([7.0, 8.0]), ms([3.0, 4.0])]
+    assert "BPs/sample: backward passes per training sample over all epochs" in md
+    assert "BPs/sample" not in merge_runs(runs)  # only when asked for
+    data = json.loads(merge_runs(runs, cost=True, format="json"))
+    cell = next(c for c in data["rows"][0]["cells"] if c["column"] == "BPs/sample")
+    assert cell["values"] == [7.0, 8.0] and cell["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("rows, why", [
+    ([], "metrics.jsonl does not record epochs 0-1 once each"),
+    ([{"epoch": 0, "bps_per_sample": 3.0, "seconds": 1.0}], "metrics.jsonl does not record epochs 0-1 once each"),
+    (epochs_of([3.0, 3.0], [1.0, 1.0]) + epochs_of([3.0], [1.0]), "metrics.jsonl does not record epochs 0-1 once each"),
+    (epochs_of([3.0, float("nan")], [1.0, 1.0]), "metrics.jsonl epoch 1: bps_per_sample is not a finite number >= 0"),
+    (epochs_of([3.0, 3.0], [1.0, -1.0]), "metrics.jsonl epoch 1: seconds is not a finite number >= 0"),
+    (epochs_of([3.0, "3"], [1.0, 1.0]), "metrics.jsonl epoch 1: bps_per_sample is not a finite number >= 0"),
+])
+def test_a_run_without_a_whole_training_record_shows_no_cost_and_its_seeds_no_mean(tmp_path, rows, why):
+    good = trained(tmp_path, "fat-0", {"train.epochs": 2}, seed=0, best={"Natural": 80.0})
+    metrics(good, epochs_of([3.0, 4.0], [1.0, 2.0]))
+    bad = trained(tmp_path, "fat-1", {"train.epochs": 2}, seed=1, best={"Natural": 82.0})
+    metrics(bad, rows)
+    md = merge_runs([good, bad], cost=True)
+    assert by_row(md, 3)[("fat", "best", "2 seeds")] == [ms([80.0, 82.0]), "-", "-"]
+    assert f"- {bad}: no training cost: {why}\n" in md
