@@ -150,7 +150,8 @@ class _Printer:
             if isinstance(item, ast.Objective):
                 header = f"objective {item.name.name}"
                 if item.parent is not None:
-                    header += f" extends {item.parent.name}"
+                    parent = item.parent
+                    header += f" extends {expr(parent) if isinstance(parent, ast.Str) else parent.name}"
                 self.block(header, item, [(clause(c), c) for c in item.clauses])
             elif isinstance(item, ast.Train):
                 self.block("train", item, [(clause(c), c) for c in item.clauses])

@@ -90,6 +90,13 @@ def test_fmt_rewrites_a_messy_spec_keeps_its_comments_and_is_then_idempotent(tmp
         "gair_fat.adv: ok (objective gair_fat, extends fat: fat.adv, madry: madry.adv)\n")
 
 
+def test_fmt_keeps_extends_by_path_quoted():
+    messy = 'objective c   extends   "lib/b.adv" {\n  attack pgd(steps=5, step_size = 0.03)\n}\n'
+    formatted = format_text(messy)
+    assert formatted == 'objective c extends "lib/b.adv" {\n    attack  pgd(steps = 5, step_size = 0.03)\n}\n'
+    assert parse_text(formatted) == parse_text(messy) and format_text(formatted) == formatted
+
+
 def test_fmt_leaves_an_unparsable_spec_alone(tmp_path):
     bad = tmp_path / "bad.adv"
     bad.write_text("objective a {\n    threat  linf(eps = 8/255\n}\n")
