@@ -124,10 +124,10 @@ def run(opts: RunOptions) -> int:
     """``advc run``: returns an exit code."""
     from advc.runtime.folders import LOCK_ENV, check_out, lock_run_folder
     from advc.runtime.launch import launch, launched
-    from advc.runtime.loop import RunArgs
 
     check_options(opts)
     program, source, overrides = compile_run(opts)
+    from advc.runtime.loop import RunArgs  # torch: only once the spec is known to be good
     t = program.train
     n = max(opts.gpus, opts.cpu_procs)
     if t.precision == "fp16" and not _cuda(opts):
