@@ -1,4 +1,4 @@
-"""The ``advc`` command line: check, fmt, compile, run, eval, table.
+"""The ``advc`` command line: check, fmt, compile, run, eval, table, plot.
 
 Heavy imports (torch, accelerate) happen inside the commands that need them, so
 ``advc check`` and ``advc fmt`` answer in a fraction of a second. Every error a user can
@@ -204,15 +204,41 @@ def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or o
         typer.echo(f"\nkept in {chosen.run_dir / 'evaluations'}")
 
 
+ATTACKS_PICK_HELP = ("Show the newest kept evaluation with these attacks, e.g. 'natural pgd(steps = 20)' "
+                     "(default: each run's own evaluate list).")
+
+
 @app.command()
-def table(runs: list[Path] = typer.Argument(..., help="Run folders holding results.json.")) -> None:
-    """Merge several runs into one table (mean ± std over seeds of the same spec)."""
+def table(runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding run folders (a sweep)."),
+          attacks: str | None = typer.Option(None, "--attacks", help=ATTACKS_PICK_HELP),
+          checkpoint: str = typer.Option("both", "--checkpoint", help="best, last or both."),
+          by: str | None = typer.Option(None, "--by", help="One column group per value of this setting, "
+                                        "e.g. --by threat.eps."),
+          format_: str = typer.Option("md", "--format", help="md, csv, json or latex.")) -> None:
+    """One table over runs: a row per experiment and checkpoint (mean ± std over seeds), differing settings as columns."""
     from advc.runtime.results import merge_runs
 
     try:
-        typer.echo(merge_runs(runs))
+        typer.echo(merge_runs(runs, attacks=attacks, checkpoint=checkpoint, by=by, format=format_), nl=False)
     except AdvcError as err:
         _fail(err)
+
+
+@app.command()
+def plot(runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding run folders (a sweep)."),
+         out: Path = typer.Option(..., "--out", help="Folder the figures are written to (PNG and SVG)."),
+         attacks: str | None = typer.Option(None, "--attacks", help=ATTACKS_PICK_HELP),
+         checkpoint: str = typer.Option("best", "--checkpoint", help="best or last.")) -> None:
+    """Figures across runs: accuracy vs eps, natural vs robust accuracy, training curves."""
+    from advc.runtime.plots import plot_runs
+
+    try:
+        drawn = plot_runs(runs, out, attacks=attacks, checkpoint=checkpoint)
+    except AdvcError as err:
+        _fail(err)
+    for figure in drawn.values():
+        for line in figure.lines():
+            typer.echo(line)
 
 
 @app.command()

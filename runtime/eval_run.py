@@ -14,7 +14,6 @@ overwriting another evaluation and never touching the training record (``results
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,40 +57,10 @@ def final_eps(program) -> float:
     return float(eps.const) if eps.const is not None else float(value_at(program, "threat.eps", program.train.epochs - 1))
 
 
-def read_run_record(run_dir: Path) -> dict:
-    """``run.json``, checked field by field (it decides which spec files are compiled)."""
-    path = run_dir / "run.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("not a run folder: no run.json", where=str(run_dir),
-                        hint="point at a folder written by advc run, or at a checkpoint with --spec") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"run.json is unreadable: {exc}", where=str(path)) from None
-
-    def bad(field: str, why: str) -> UserError:
-        return UserError(f"run.json field '{field}' {why}", where=str(path),
-                         hint="the run folder was edited or damaged; evaluate a checkpoint with --spec instead")
-
-    if not isinstance(data, dict) or data.get("format") != "advc-run":
-        raise bad("format", "is not 'advc-run'")
-    for field, kind in (("entry", str), ("files", list), ("overrides", list), ("training_id", str)):
-        if not isinstance(data.get(field), kind):
-            raise bad(field, f"must be a {kind.__name__}")
-    if not all(isinstance(o, str) for o in data["overrides"]):
-        raise bad("overrides", "must be a list of key=value strings")
-    for item in data["files"]:
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not isinstance(item.get("copy"), str):
-            raise bad("files", "must list {path, copy} entries")
-        copy = Path(item["copy"])
-        if copy.is_absolute() or ".." in copy.parts or copy.parts[:1] != ("spec",):
-            raise bad("files", f"names a copy outside the folder's spec/: {item['copy']!r}")
-    return data
-
-
 def _from_run_dir(run_dir: Path, spec: Path | None, overrides, trust_code: bool) -> EvalTarget:
     from advc.compiler.check import check_file
     from advc.compiler.identity import training_id
+    from advc.runtime.run import read_run_record
 
     record = read_run_record(run_dir)
     if spec is not None:  # the user's spec says model/data/attacks; the folder gives the checkpoints

@@ -28,7 +28,11 @@ Tables
 columns Natural, FGSM, PGD-20, CW∞, PGD-100, AA -- those present, in that order, then any
 other columns in order of appearance. A cell holding several values (one per seed) prints
 as ``mean ± sample std`` ("89.34 ± 0.22"), as the FAT / GAIRAT tables report 5 seeds.
-:func:`merge_runs` groups run folders by spec and checkpoint and does exactly that.
+:func:`merge_runs` (``advc table``) tabulates many run folders by *experiment*: it reads each
+folder's ``run.json`` (experiment_id, the experiment's settings, the seed, the advc version) and
+its kept evaluations (``evaluations/``), averages the seeds of one experiment measured alike, and
+shows as columns the settings that differ between rows. :func:`collect` is the reading half, which
+``advc plot`` (:mod:`advc.runtime.plots`) shares.
 
 This module imports no torch: reading and tabulating results must work anywhere.
 """
@@ -41,29 +45,50 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from advc.errors import UserError
+from advc.errors import AdvcError, UserError
 from advc.files import atomic_write_text
 
 __all__ = [
     "CANONICAL_COLUMNS",
+    "CHECKPOINTS",
     "EVALUATIONS",
+    "MEASURED",
     "RESULTS_FILE",
+    "RUN_EVALUATION",
+    "TABLE_FORMATS",
+    "Collected",
+    "Differences",
+    "Group",
+    "Measurement",
     "Row",
+    "RunRecord",
     "RunResults",
+    "Table",
+    "build_table",
+    "canonical_attacks",
+    "collect",
+    "differing_keys",
+    "distinguish",
     "evaluation_key",
+    "find_run_dirs",
     "format_cell",
     "load_evaluations",
     "load_results",
     "merge_runs",
+    "order_columns",
+    "read_run",
     "results_json",
     "results_markdown",
     "run_markdown",
     "sanity_markdown",
+    "short_names",
+    "value_formatter",
     "write_evaluation",
     "write_results",
 ]
@@ -84,14 +109,16 @@ class Row:
     values: Mapping[str, float | Sequence[float]] = field(default_factory=dict)
 
 
-def _columns(rows: Sequence[Row]) -> list[str]:
-    present: list[str] = []
-    for row in rows:
-        for label in row.values:
-            if label not in present:
-                present.append(label)
+def order_columns(labels: Iterable[str]) -> list[str]:
+    """Column labels in the papers' order: the canonical ones present, then the others as they
+    first appear (each once)."""
+    present = list(dict.fromkeys(labels))
     canonical = [c for c in CANONICAL_COLUMNS if c in present]
     return canonical + [c for c in present if c not in CANONICAL_COLUMNS]
+
+
+def _columns(rows: Sequence[Row]) -> list[str]:
+    return order_columns(label for row in rows for label in row.values)
 
 
 def format_cell(value: float | Sequence[float] | None) -> str:
@@ -110,14 +137,13 @@ def format_cell(value: float | Sequence[float] | None) -> str:
 def results_markdown(rows: Sequence[Row], *, first_column: str = "Defense") -> str:
     """A GitHub-flavoured Markdown table of ``rows`` (see the module docstring)."""
     columns = _columns(rows)
-    header = [first_column, *columns]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    for row in rows:
-        cells = [row.name, *(format_cell(row.values.get(c)) for c in columns)]
-        lines.append("| " + " | ".join(cells) + " |")
+    body = [[row.name, *(format_cell(row.values.get(c)) for c in columns)] for row in rows]
+    return _markdown([first_column, *columns], body)
+
+
+def _markdown(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
@@ -316,50 +342,6 @@ def run_markdown(results: RunResults) -> str:
     return text
 
 
-def merge_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> str:
-    """One Markdown table over several runs: a row per (spec, checkpoint), each cell the
-    mean ± sample std over the runs' seeds (a single seed prints its plain value).
-
-    Rows keep the order in which specs and checkpoints first appear. Two runs of the same
-    spec with the same seed are refused (counting one seed twice would shrink the std).
-    Sanity warnings of any run are listed under the table.
-    """
-    runs = [load_results(d) for d in run_dirs]
-    seen: dict[tuple[str, int], Path | None] = {}
-    grouped: dict[tuple[str, str], dict[str, list[float]]] = {}
-    seeds: dict[tuple[str, str], int] = {}
-    warnings: list[str] = []
-    for run in runs:
-        key = (run.spec, run.seed)
-        if key in seen:
-            raise UserError(
-                f"two results for spec {run.spec!r} with seed {run.seed}",
-                where=f"{seen[key]} and {run.path}",
-                hint="pass each run folder once",
-            )
-        seen[key] = run.path
-        for checkpoint, cols in run.checkpoints.items():
-            cells = grouped.setdefault((run.spec, checkpoint), {})
-            seeds[(run.spec, checkpoint)] = seeds.get((run.spec, checkpoint), 0) + 1
-            for label, value in cols.items():
-                cells.setdefault(label, []).append(value)
-        for checkpoint, checks in run.sanity.items():
-            for check in checks:
-                if check["status"] == "warn":
-                    warnings.append(
-                        f"- ⚠️ {run.spec} seed {run.seed} ({checkpoint}) "
-                        f"`{check['name']}`: {check.get('detail', '')}"
-                    )
-    rows = []
-    for (spec, checkpoint), cells in grouped.items():
-        k = seeds[(spec, checkpoint)]
-        rows.append(Row(f"{spec} ({checkpoint}, {k} seed{'s' if k != 1 else ''})", cells))
-    text = results_markdown(rows)
-    if warnings:
-        text += "\nSanity warnings:\n\n" + "\n".join(warnings) + "\n"
-    return text
-
-
 # --------------------------------------------------------------------------------------
 # kept evaluations: every evaluation of a run folder's checkpoints, one file each
 # --------------------------------------------------------------------------------------
@@ -390,7 +372,8 @@ def write_evaluation(run_dir: str | os.PathLike[str], *, checkpoint: str, weight
         "format": "advc-evaluation", "version": 1, "key": key, "checkpoint": checkpoint,
         "weights_sha256": weights_sha256, "epoch": int(epoch), "attacks": attacks, "n": int(n), "eps": float(eps),
         "norm": norm, "results": {str(k): float(v) for k, v in results.items()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": by, "advc_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "by": by,
+        "advc_version": __version__,
     }  # fmt: skip
     checks = _sanity_dicts({"": sanity or []})[""]
     if checks:
@@ -446,3 +429,595 @@ def load_evaluations(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         data["path"] = str(path)
         out.append(data)
     return sorted(out, key=lambda d: (d["created"], d["path"]))
+
+
+# --------------------------------------------------------------------------------------
+# tables over runs: a row per experiment, numbers from the kept evaluations
+# --------------------------------------------------------------------------------------
+
+CHECKPOINTS = ("best", "last")
+TABLE_FORMATS = ("md", "csv", "json", "latex")
+#: what a table adds to a run's experiment: what the evaluation it shows measured. They stand in
+#: for the experiment's own evaluation settings, which only say what `advc run` evaluates.
+MEASURED = ("n", "eval eps", "attacks")
+RUN_EVALUATION = ("eval.n", "eval.eps", "evaluate")
+_NOT_A_RUN = "not an advc run folder: no run.json"  # the wording of advc.runtime.run.NOT_A_RUN
+_RUN_FOLDERS = "name a folder written by advc run, or a folder holding such folders"
+_NOT_A_RUN_HINT = f"{_RUN_FOLDERS}; a run from before run.json was recorded has no experiment to group by: run it again"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a table reads of a run folder's ``run.json``: which experiment, which seed, which advc."""
+
+    path: Path
+    seed: int
+    experiment_id: str
+    experiment: dict[str, Any]  # every setting but the seed (run.json's "experiment")
+    advc_version: str
+
+    @property
+    def objective(self) -> str:
+        return str(self.experiment["objective"])
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> RunRecord:
+    """A run folder's experiment record (``run.json``, checked by ``advc.runtime.run.read_run_record``)."""
+    from advc.runtime.run import read_run_record
+
+    data = read_run_record(Path(run_dir), rebuild=False)
+    return RunRecord(Path(run_dir), data["seed"], data["experiment_id"], data["experiment"], data["advc_version"])
+
+
+def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The run folders named, a folder holding run folders (a sweep) standing for every run folder
+    one level down. A folder that is no run -- or a run folder from before ``run.json`` -- is refused."""
+    from advc.runtime.run import RUN_RECORD
+
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise UserError("no such run folder", where=str(path), hint=_RUN_FOLDERS)
+        if (path / RUN_RECORD).is_file():
+            found.append(path)
+            continue
+        below = sorted(p for p in path.iterdir() if p.is_dir())
+        runs = [p for p in below if (p / RUN_RECORD).is_file()]
+        for p in below:  # a run of an older advc among them: refused, never silently dropped
+            if p not in runs and any((p / name).exists() for name in ("checkpoints", RESULTS_FILE, "metrics.jsonl")):
+                raise UserError(_NOT_A_RUN, where=str(p), hint=_NOT_A_RUN_HINT)
+        if not runs:
+            raise UserError(_NOT_A_RUN, where=str(path), hint=_NOT_A_RUN_HINT)
+        found += runs
+    return found
+
+
+def canonical_attacks(text: str, where: str = "--attacks") -> str:
+    """An evaluate list as advc writes it (``natural pgd(steps = 20)``): checked like ``advc eval
+    --attacks``, so spacing and spelt-out defaults do not make two lists different."""
+    from advc.compiler.check import check_attacks
+    from advc.compiler.lower import eval_text
+
+    return " ".join(eval_text(a) for a in check_attacks(text, where))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run's numbers for one checkpoint: the kept evaluation a table shows."""
+
+    run: RunRecord
+    checkpoint: str
+    evaluation: Mapping[str, Any]
+    attacks: str  # the evaluation's attack list, canonical
+
+    @property
+    def results(self) -> Mapping[str, float]:
+        return self.evaluation["results"]
+
+    def settings(self) -> dict[str, Any]:
+        """The experiment's settings, with what this evaluation measured for its evaluation settings."""
+        shown = {k: v for k, v in self.run.experiment.items() if k not in RUN_EVALUATION}
+        shown.update({"n": self.evaluation["n"], "eval eps": self.evaluation["eps"], "attacks": self.attacks})
+        return shown
+
+
+@dataclass
+class Group:
+    """Runs of one experiment measured alike (checkpoint, n, ε, attacks): their seeds average."""
+
+    experiment_id: str
+    checkpoint: str
+    settings: dict[str, Any]
+    members: list[Measurement]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [m.run.seed for m in self.members]
+
+    @property
+    def runs(self) -> list[str]:
+        return [str(m.run.path) for m in self.members]
+
+    @property
+    def labels(self) -> list[str]:
+        return order_columns(label for m in self.members for label in m.results)
+
+    def values(self, label: str) -> list[float]:
+        """The label's accuracy per seed, in seed order."""
+        return [m.results[label] for m in self.members if label in m.results]
+
+
+@dataclass
+class Collected:
+    """Run folders read for a table or a plot: the runs, their groups, and what a reader must know."""
+
+    runs: list[RunRecord]
+    groups: list[Group]
+    notes: list[str]
+    warnings: list[str]  # the sanity checks that warned, one line each
+
+
+def _frozen(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _choose(run: RunRecord, evaluations: Sequence[Mapping[str, Any]], checkpoint: str,
+            wanted: str | None) -> tuple[Mapping[str, Any] | None, bool]:
+    """The evaluation a table shows for one checkpoint, and whether it is what was asked for.
+
+    With ``wanted``: the newest of that attack list. Otherwise the newest of the run's own evaluate
+    list (its labels are the experiment's "evaluate"; where `advc run` kept one, its exact text
+    decides), else the newest of any kind."""
+    mine = [e for e in evaluations if e["checkpoint"] == checkpoint]
+    if wanted is not None:
+        same = [e for e in mine if e["canonical"] == wanted]
+        return (same[-1] if same else None), True
+    own = [e for e in mine if " ".join(e["results"]) == run.experiment.get("evaluate")]
+    by_run = [e for e in own if e.get("by") == "advc run"]
+    if by_run:
+        own = [e for e in own if e["canonical"] == by_run[-1]["canonical"]]
+    if own:
+        return own[-1], True
+    return (mine[-1] if mine else None), False
+
+
+def collect(paths: Iterable[str | os.PathLike[str]], *, attacks: str | None = None,
+            checkpoints: Sequence[str] = CHECKPOINTS) -> Collected:
+    """Read run folders (see :func:`find_run_dirs`), choose each checkpoint's evaluation and group
+    the runs: one group per experiment, checkpoint and measurement (n, ε, attacks).
+
+    The same experiment with the same seed twice is refused: counting one seed twice would
+    shrink the std."""
+    runs = [read_run(p) for p in find_run_dirs(paths)]
+    seen: dict[tuple[str, int], RunRecord] = {}
+    for run in runs:
+        key = (run.experiment_id, run.seed)
+        if key in seen:
+            raise UserError(f"two runs of experiment {run.experiment_id} with seed {run.seed}",
+                            where=f"{seen[key].path} and {run.path}",
+                            hint="pass each run once; runs of one experiment differ only in train.seed")
+        seen[key] = run
+    wanted = canonical_attacks(attacks) if attacks is not None else None
+    canonical: dict[str, str] = {}
+
+    def canon(text: str) -> str:  # a kept list an older advc wrote may no longer check: kept as written
+        if text not in canonical:
+            try:
+                canonical[text] = canonical_attacks(text, "<evaluation>")
+            except AdvcError:
+                canonical[text] = text
+        return canonical[text]
+
+    measured: list[Measurement] = []
+    notes: list[str] = []
+    warnings: list[str] = []
+    missing: dict[str, list[str]] = {}
+    for run in runs:
+        evaluations = [dict(e, canonical=canon(e["attacks"])) for e in load_evaluations(run.path)]
+        for checkpoint in checkpoints:
+            chosen, asked = _choose(run, evaluations, checkpoint, wanted)
+            if chosen is None:
+                missing.setdefault(checkpoint, []).append(str(run.path))
+                continue
+            if not asked:
+                notes.append(f"{run.path} ({checkpoint}): no kept evaluation of its own evaluate list "
+                             f"({run.experiment.get('evaluate')}); shown: its newest, {chosen['canonical']}")
+            measured.append(Measurement(run, checkpoint, chosen, chosen["canonical"]))
+            for check in chosen.get("sanity", []):
+                if check["status"] == "warn":
+                    warnings.append(f"{run.path} ({run.objective} seed {run.seed}, {checkpoint}) "
+                                    f"`{check['name']}`: {check.get('detail', '')}")
+    what = f" with the attacks '{wanted}'" if wanted else ""
+    for checkpoint, left in missing.items():
+        if len(left) < len(runs):  # (when no run has it, the caller says so)
+            notes.append(f"left out of {checkpoint} (no kept evaluation{what}): {', '.join(left)}")
+    groups = _group(measured)
+    differences = Differences.of([g.settings for g in groups])
+    for experiment_id in dict.fromkeys(g.experiment_id for g in groups):
+        members = {m.run.path: m.run for g in groups if g.experiment_id == experiment_id for m in g.members}
+        versions: dict[str, list[str]] = {}
+        for run in members.values():
+            versions.setdefault(run.advc_version, []).append(str(run.path))
+        if len(versions) > 1:
+            name = differences.describe(next(g.settings for g in groups if g.experiment_id == experiment_id))
+            listed = "; ".join(f"{v} ({', '.join(p)})" for v, p in versions.items())
+            notes.append(f"{name} averages runs of different advc versions: {listed}")
+    return Collected(runs, groups, notes, warnings)
+
+
+def _group(measured: Sequence[Measurement]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for m in measured:
+        e = m.evaluation
+        key = (m.run.experiment_id, m.checkpoint, e["n"], e["eps"], m.attacks)
+        if key not in groups:
+            groups[key] = Group(m.run.experiment_id, m.checkpoint, m.settings(), [])
+        groups[key].members.append(m)
+    for g in groups.values():
+        g.members.sort(key=lambda m: m.run.seed)
+    distinguish([(g.experiment_id, g.settings, g.members[0].run.experiment) for g in groups.values()])
+    return list(groups.values())
+
+
+def distinguish(items: Sequence[tuple[str, dict[str, Any], Mapping[str, Any]]]) -> None:
+    """``(experiment_id, shown settings, full experiment)`` per item: different experiments whose
+    shown settings agree (they differ only in what `advc run` would evaluate, or their identity was
+    computed by another advc) get the settings that tell them apart added to every item's shown
+    ones -- no two rows, no two legend entries look the same."""
+    by_shown: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for experiment_id, shown, full in items:
+        by_shown.setdefault(_frozen(shown), {}).setdefault(experiment_id, full)
+    extra: list[str] = []
+    for same in by_shown.values():
+        if len(same) > 1:
+            keys = differing_keys(list(same.values())) or ["experiment"]
+            extra += [k for k in keys if k not in extra]
+    for experiment_id, shown, full in items:
+        for k in extra:
+            shown[k] = experiment_id if k == "experiment" else full.get(k)
+
+
+def differing_keys(settings: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys whose values are not the same in all of ``settings`` (a key one lacks differs), in
+    the order they first appear (run.json's order: objective, threat, attack, ... train)."""
+    keys = dict.fromkeys(k for s in settings for k in s)
+    return [k for k in keys if len({_frozen(s.get(k)) for s in settings}) > 1]
+
+
+def short_names(keys: Sequence[str], context: Iterable[str] = ()) -> dict[str, str]:
+    """Column names for dotted keys: the shortest tail that no other key -- of ``keys`` or of
+    ``context``, every setting a reader might think of -- ends with (``threat.eps`` -> ``eps``;
+    beside ``eval.eps`` both stay whole; ``attack.loss`` stays whole beside ``loss``)."""
+    others = set(keys) | set(context)
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for k in range(1, len(parts) + 1):
+            tail = ".".join(parts[-k:])
+            if not any(o != key and (o == tail or o.endswith("." + tail)) for o in others):
+                break
+        out[key] = tail
+    return out
+
+
+def value_formatter(values: Iterable[Any]) -> Callable[[Any], str]:
+    """How a column of setting values prints: numbers to 4 significant digits, unless that makes two
+    different values look alike -- then every value in full."""
+
+    def short(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    def full(v: Any) -> str:
+        return v if isinstance(v, str) else "-" if v is None else json.dumps(v)
+
+    distinct = {_frozen(v): v for v in values}
+    return short if len({short(v) for v in distinct.values()}) == len(distinct) else full
+
+
+@dataclass
+class Differences:
+    """The settings that differ between experiments, and how tables and legends print them."""
+
+    keys: list[str]
+    short: dict[str, str]
+    formats: dict[str, Callable[[Any], str]]
+    same_as: dict[str, str] = field(default_factory=dict)  # a measured setting -> the shown one it repeats
+
+    @classmethod
+    def of(cls, settings: Sequence[Mapping[str, Any]], also: Sequence[str] = ()) -> Differences:
+        """``also``: keys shown elsewhere (a pivot's), named so that no short name is ambiguous.
+
+        A measured setting that repeats another differing setting everywhere (the evaluated ε
+        beside threat.eps) is not a difference of its own: it is said once, as ``same_as``."""
+        keys = [k for k in differing_keys(settings) if k != "objective"]
+        same_as = {}
+        for key in [k for k in keys if k in MEASURED]:
+            twin = next((j for j in keys if j not in MEASURED and all(s.get(j) == s.get(key) for s in settings)),
+                        None)
+            if twin is not None:
+                same_as[key] = twin
+        keys = [k for k in keys if k not in same_as]
+        short = short_names([*keys, *also, *same_as], context=[*(k for s in settings for k in s), *MEASURED])
+        return cls(keys, short, {k: value_formatter(s.get(k) for s in settings) for k in keys}, same_as)
+
+    def text(self, key: str, value: Any) -> str:
+        return self.formats.get(key, value_formatter([value]))(value)
+
+    def order(self, settings: Mapping[str, Any]) -> tuple:
+        """Sort key: the differing settings' values, numbers by size (so ε ascends)."""
+        return tuple(_sort_key(settings.get(k)) for k in self.keys)
+
+    def describe(self, settings: Mapping[str, Any]) -> str:
+        """``quickstart (eps=0.05, epochs=2)``: the objective and what sets it apart."""
+        parts = [f"{self.short[k]}={self.text(k, settings.get(k))}" for k in self.keys]
+        name = str(settings.get("objective", "-"))
+        return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def _sort_key(value: Any) -> tuple:
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        return (1, float(value))
+    return (2, str(value))
+
+
+@dataclass
+class TableRow:
+    """One printed row: its settings, its checkpoint and, per column header, the group measured."""
+
+    settings: dict[str, Any]
+    checkpoint: str
+    cells: dict[str, Group]
+
+    def seeds_text(self) -> str:
+        counts = sorted({len(g.members) for g in self.cells.values()})
+        many = "s" if counts[-1] != 1 else ""
+        return f"{counts[0]} seed{many}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds"
+
+
+@dataclass
+class Column:
+    header: str
+    attack: str  # the evaluation's label: "PGD-20"
+    by_value: Any = None
+
+
+@dataclass
+class Table:
+    """Everything a table prints, in any format (see :func:`merge_runs`)."""
+
+    rows: list[TableRow]
+    columns: list[Column]
+    differences: Differences
+    notes: list[str]
+    warnings: list[str]
+    common: dict[str, Any]  # measured settings every row shares (the caption says them)
+    by: str | None = None
+    same_as: dict[str, str] = field(default_factory=dict)  # a setting -> the shown one it equals in every row
+
+
+def build_table(paths: Iterable[str | os.PathLike[str]], *, attacks: str | None = None,
+                checkpoint: str = "both", by: str | None = None) -> Table:
+    """Rows per experiment and checkpoint (see :func:`merge_runs`)."""
+    if checkpoint not in (*CHECKPOINTS, "both"):
+        raise UserError(f"unknown checkpoint {checkpoint!r}", where="--checkpoint", hint="best, last or both")
+    paths = list(paths)
+    if not paths:
+        raise UserError("no run folders given", where="advc table", hint="name run folders or a sweep folder")
+    got = collect(paths, attacks=attacks, checkpoints=CHECKPOINTS if checkpoint == "both" else (checkpoint,))
+    if not got.groups:
+        what = f" of the {checkpoint} checkpoint" if checkpoint != "both" else ""
+        attacks_text = f" --attacks '{canonical_attacks(attacks)}'" if attacks is not None else ""
+        raise UserError(f"no run has a kept evaluation{what}{' with these attacks' if attacks_text else ''}",
+                        where=", ".join(map(str, paths)), hint=f"evaluate first: advc eval RUN{attacks_text}")
+    groups = got.groups
+    same_as_by: list[str] = []
+    if by is None:
+        rows = [TableRow(g.settings, g.checkpoint, dict.fromkeys(g.labels, g)) for g in groups]
+        columns = [Column(label, label) for label in order_columns(x for g in groups for x in g.labels)]
+        differences = Differences.of([r.settings for r in rows])
+    else:
+        rows, columns, differences, same_as_by = _pivot(groups, by)
+    same_as = {**dict.fromkeys(same_as_by, by), **differences.same_as}  # said once, in the caption
+    order = list(dict.fromkeys(r.settings.get("objective") for r in rows))
+    rows.sort(key=lambda r: (order.index(r.settings.get("objective")), differences.order(r.settings),
+                             CHECKPOINTS.index(r.checkpoint) if r.checkpoint in CHECKPOINTS else 2))
+    common = {}
+    for key in MEASURED:
+        values = {_frozen(r.settings.get(key)) for r in rows}
+        if key not in differences.keys and key != by and key not in same_as and len(values) == 1:
+            common[key] = rows[0].settings.get(key)
+    return Table(rows, columns, differences, got.notes, got.warnings, common, by, same_as)
+
+
+def _pivot(groups: Sequence[Group], by: str) -> tuple[list[TableRow], list[Column], Differences, list[str]]:
+    """One column group per value of ``by``; settings that always equal that value (the evaluated ε
+    beside threat.eps) fold into it, every other setting still splits rows."""
+    present = list(dict.fromkeys(k for g in groups for k in g.settings))
+    if by == "train.seed":
+        raise UserError("runs of one experiment average over train.seed; --by pivots on a setting of the "
+                        "experiment", where="--by train.seed", hint="e.g. --by threat.eps")
+    if by not in present:
+        differ = [k for k in differing_keys([g.settings for g in groups]) if k != "objective"]
+        raise UserError(f"no run has the setting {by!r}", where="--by",
+                        hint=f"settings that differ between these runs: {', '.join(differ) or 'none'}")
+    same_as_by = [k for k in present if k != by and all(g.settings.get(k) == g.settings.get(by) for g in groups)]
+    rows: dict[tuple[str, str], TableRow] = {}
+    placed: list[tuple[TableRow, Group]] = []
+    for g in groups:
+        kept = {k: v for k, v in g.settings.items() if k != by and k not in same_as_by}
+        row = rows.setdefault((_frozen(kept), g.checkpoint), TableRow(kept, g.checkpoint, {}))
+        placed.append((row, g))
+    differences = Differences.of([r.settings for r in rows.values()], also=[by])
+    values = sorted({_frozen(g.settings.get(by)): g.settings.get(by) for g in groups}.values(), key=_sort_key)
+    fmt = value_formatter(values)
+    name = differences.short[by]
+
+    def header(label: str, value: Any) -> str:
+        return f"{label} @ {name}={fmt(value)}"
+
+    for row, g in placed:
+        for label in g.labels:
+            row.cells[header(label, g.settings.get(by))] = g
+    columns = [Column(header(label, v), label, v) for v in values
+               for label in order_columns(x for g in groups if _frozen(g.settings.get(by)) == _frozen(v)
+                                          for x in g.labels)]
+    return list(rows.values()), columns, differences, same_as_by
+
+
+def merge_runs(run_dirs: Iterable[str | os.PathLike[str]], *, attacks: str | None = None,
+               checkpoint: str = "both", by: str | None = None, format: str = "md") -> str:
+    """One table over run folders (or folders holding run folders): the text ``advc table`` prints.
+
+    Rows are experiments (``run.json``'s experiment_id, never the spec's name) per checkpoint; the
+    seeds of one experiment average into one row (mean ± sample std, and the seed count). The
+    settings that differ between rows are columns, so a reader sees what changed. The numbers are
+    the kept evaluations: the newest of each run's own evaluate list (else its newest of any kind),
+    or with ``attacks`` the newest of that list; runs averaged together also agree on the
+    evaluation's n and ε. ``by`` pivots: one column group per value of that setting.
+    ``format``: md (default), csv, json or latex. Notes (left-out runs, mixed advc versions) and
+    sanity warnings follow the table (as ``#``/``%`` comment lines in CSV/LaTeX, keys in JSON).
+    """
+    if format not in TABLE_FORMATS:
+        raise UserError(f"unknown table format {format!r}", where="--format", hint="md, csv, json or latex")
+    table = build_table(run_dirs, attacks=attacks, checkpoint=checkpoint, by=by)
+    render = {"md": _table_markdown, "csv": _table_csv, "json": _table_json, "latex": _table_latex}[format]
+    return render(table)
+
+
+def _setting_cells(table: Table, row: TableRow) -> list[str]:
+    objective = [] if table.by == "objective" else [str(row.settings.get("objective", "-"))]
+    return [*objective, *(table.differences.text(k, row.settings.get(k)) for k in table.differences.keys)]
+
+
+def _setting_header(table: Table, *, full: bool = False) -> list[str]:
+    objective = [] if table.by == "objective" else ["objective" if full else "Objective"]
+    return [*objective, *(k if full else table.differences.short[k] for k in table.differences.keys)]
+
+
+def _caption(table: Table) -> str:
+    parts = [f"{k}={table.differences.text(k, v) if k != 'attacks' else v}" for k, v in table.common.items()]
+    parts += [f"{table.differences.short.get(k, k)} = {table.differences.short.get(j, j)}"
+              for k, j in table.same_as.items()]
+    return "Test accuracy (%), mean ± sample std over seeds" + (f"; {', '.join(parts)}" if parts else "") + "."
+
+
+def _table_markdown(table: Table) -> str:
+    header = [*_setting_header(table), "Checkpoint", "Seeds", *(c.header for c in table.columns)]
+    body = [[*_setting_cells(table, row), row.checkpoint, row.seeds_text(),
+             *(format_cell(row.cells[c.header].values(c.attack)) if c.header in row.cells else "-"
+               for c in table.columns)] for row in table.rows]
+    text = _markdown(header, body) + "\n" + _caption(table) + "\n"
+    if table.notes:
+        text += "\nNotes:\n\n" + "".join(f"- {n}\n" for n in table.notes)
+    if table.warnings:
+        text += "\nSanity warnings:\n\n" + "".join(f"- ⚠️ {w}\n" for w in table.warnings)
+    return text
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _table_csv(table: Table) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow([*_setting_header(table, full=True), "checkpoint", "seeds",
+                  *(h for c in table.columns for h in (c.header, f"{c.header} std"))])
+    for row in table.rows:
+        counts = sorted({len(g.members) for g in row.cells.values()})
+        cells = []
+        for c in table.columns:
+            values = row.cells[c.header].values(c.attack) if c.header in row.cells else []
+            mean, std = _mean_std(values) if values else (None, None)
+            cells += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+        out.writerow([*_setting_cells(table, row), row.checkpoint,
+                      counts[0] if len(counts) == 1 else f"{counts[0]}-{counts[-1]}", *cells])
+    text = buf.getvalue()
+    text += "".join(f"# {line}\n" for line in [_caption(table), *table.notes, *table.warnings])
+    return text
+
+
+def _table_json(table: Table) -> str:
+    rows = []
+    for row in table.rows:
+        cells = []
+        for c in table.columns:
+            if c.header not in row.cells:
+                continue
+            g = row.cells[c.header]
+            values = g.values(c.attack)
+            mean, std = _mean_std(values)
+            cells.append({"column": c.header, "attack": c.attack,
+                          "by": None if table.by is None else {table.by: c.by_value},
+                          "mean": mean, "std": std, "values": values, "seeds": g.seeds, "runs": g.runs,
+                          "experiment_id": g.experiment_id})
+        rows.append({"objective": row.settings.get("objective"), "checkpoint": row.checkpoint,
+                     "settings": row.settings, "cells": cells})
+    data = {"format": "advc-table", "version": 1, "by": table.by, "columns": [c.header for c in table.columns],
+            "differing": {k: table.differences.short[k] for k in table.differences.keys}, "rows": rows,
+            "caption": _caption(table), "notes": table.notes, "sanity_warnings": table.warnings}
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _tex(text: str) -> str:
+    """Text made safe for LaTeX (the few symbols advc's labels use become math)."""
+    out = []
+    for ch in str(text):
+        if ch in "&%$#_{}":
+            out.append("\\" + ch)
+        else:
+            out.append({"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                        "∞": r"$\infty$", "ε": r"$\varepsilon$", "±": r"$\pm$", "–": "--"}.get(ch, ch))
+    return "".join(out)
+
+
+def _tex_cell(values: Sequence[float]) -> str:
+    if not values:
+        return "--"
+    mean, std = _mean_std(values)
+    return f"${mean:.2f}$" if std is None else f"${mean:.2f} \\pm {std:.2f}$"
+
+
+def _table_latex(table: Table) -> str:
+    """A booktabs ``tabular``; a pivot gets a header row per value with ``\\cmidrule``s."""
+    settings = _setting_header(table)
+    lead = len(settings) + 2  # + checkpoint, seeds
+    lines = [r"\begin{tabular}{" + "l" * (lead - 1) + "r" + "r" * len(table.columns) + "}", r"\toprule"]
+    if table.by is not None:
+        spans: list[tuple[Any, int]] = []
+        for c in table.columns:
+            if spans and _frozen(spans[-1][0]) == _frozen(c.by_value):
+                spans[-1] = (c.by_value, spans[-1][1] + 1)
+            else:
+                spans.append((c.by_value, 1))
+        name = table.differences.short[table.by]
+        fmt = value_formatter(v for v, _ in spans)
+        tops, rules, start = [], [], lead + 1
+        for value, width in spans:
+            tops.append(f"\\multicolumn{{{width}}}{{c}}{{{_tex(name)} $=$ {_tex(fmt(value))}}}")
+            rules.append(f"\\cmidrule(lr){{{start}-{start + width - 1}}}")
+            start += width
+        lines.append(" & ".join([""] * lead + tops) + r" \\")
+        lines.append(" ".join(rules))
+        attacks = [c.attack for c in table.columns]
+    else:
+        attacks = [c.header for c in table.columns]
+    lines.append(" & ".join(_tex(h) for h in [*settings, "Checkpoint", "Seeds", *attacks]) + r" \\")
+    lines.append(r"\midrule")
+    for row in table.rows:
+        cells = [_tex(x) for x in [*_setting_cells(table, row), row.checkpoint, row.seeds_text().split()[0]]]
+        cells += [_tex_cell(row.cells[c.header].values(c.attack) if c.header in row.cells else [])
+                  for c in table.columns]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [f"% {line}" for line in [_caption(table), *table.notes, *table.warnings]]
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,8 @@ from pathlib import Path
 from advc.errors import UserError
 
 RUN_RECORD = "run.json"
+NOT_A_RUN = "not an advc run folder: no run.json"
+NOT_A_RUN_HINT = "point at a folder advc run wrote (an older advc's runs need training again), or at a checkpoint with --spec"
 
 
 @dataclasses.dataclass
@@ -249,6 +251,45 @@ def write_records(out: Path, program, source: str, overrides: list[str], opts: R
                 "warnings": [w.message for w in program.warnings]}
     atomic_write_text(out / "resolved.json", json.dumps(resolved, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "objective.py", source)
+
+
+def read_run_record(run_dir: Path, *, rebuild: bool = True) -> dict:
+    """A run folder's ``run.json``, checked field by field: the experiment ``advc table`` groups by,
+    and (``rebuild``) which spec files and overrides ``advc eval`` compiles; missing or damaged is one line."""
+    path = Path(run_dir) / RUN_RECORD
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(NOT_A_RUN, where=str(run_dir), hint=NOT_A_RUN_HINT) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"run.json is unreadable: {exc}", where=str(path)) from None
+
+    def bad(field: str, why: str) -> UserError:
+        return UserError(f"run.json field '{field}' {why}", where=str(path),
+                         hint="the run folder was edited or damaged; evaluate a checkpoint with --spec, or run it again")
+
+    if not isinstance(data, dict) or data.get("format") != "advc-run":
+        raise bad("format", "is not 'advc-run'")
+    fields = [("experiment_id", str), ("experiment", dict), ("advc_version", str)]
+    if rebuild:
+        fields += [("entry", str), ("files", list), ("overrides", list), ("training_id", str)]
+    for field, kind in fields:
+        if not isinstance(data.get(field), kind) or (kind is str and not data[field]):
+            raise bad(field, f"must be a {'non-empty string' if kind is str else kind.__name__}")
+    if not isinstance(data.get("seed"), int) or isinstance(data["seed"], bool):
+        raise bad("seed", "must be an integer")
+    if rebuild and not all(isinstance(o, str) for o in data["overrides"]):
+        raise bad("overrides", "must be a list of key=value strings")
+    experiment = data["experiment"]
+    if not isinstance(experiment.get("objective"), str) or any(isinstance(v, (dict, list)) for v in experiment.values()):
+        raise bad("experiment", "must be an object of plain settings naming the objective")
+    for item in data["files"] if rebuild else ():
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not isinstance(item.get("copy"), str):
+            raise bad("files", "must list {path, copy} entries")
+        copy = Path(item["copy"])
+        if copy.is_absolute() or ".." in copy.parts or copy.parts[:1] != ("spec",):
+            raise bad("files", f"names a copy outside the folder's spec/: {item['copy']!r}")
+    return data
 
 
 def _remove_if_untrained(out: Path, created: bool) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from advc.runtime.results import load_evaluations
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +79,7 @@ def test_a_bad_attack_list_gets_a_located_diagnostic(run_dir):
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
     done = advc("eval", tmp_path, "--attacks", "natural")
-    assert done.returncode == 1 and "not a run folder" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "not an advc run folder" in done.stderr and "Traceback" not in done.stderr
 
 
 def _cut_spec(tmp_path: Path) -> Path:
@@ -89,13 +91,22 @@ def _cut_spec(tmp_path: Path) -> Path:
     return spec
 
 
-def test_table_merges_runs_and_names_a_missing_results_file(run_dir, tmp_path):
+def test_table_shows_the_newest_kept_evaluation_and_refuses_a_folder_without_run_json(run_dir, tmp_path):
     done = advc("eval", run_dir, "--spec", _cut_spec(tmp_path), "--no-sanity")
     assert done.returncode == 0, done.stderr
+    newest = {e["checkpoint"]: e for e in load_evaluations(run_dir)}  # (oldest first: the last one wins)
+    assert newest["best"]["attacks"] == "natural pgd(steps = 3)"
     done = advc("table", run_dir)
     assert done.returncode == 0, done.stderr
-    assert "Natural" in done.stdout and "PGD-3" in done.stdout and "quickstart" in done.stdout
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| quickstart |")]
+    assert lines == [f"| quickstart | {c} | 1 seed | {newest[c]['results']['Natural']:.2f} | "
+                     f"{newest[c]['results']['PGD-3']:.2f} |" for c in ("best", "last")]
+    # trained with --no-eval: no evaluation of its own list, and the table says which one it shows
+    assert (f"- {run_dir} (best): no kept evaluation of its own evaluate list (Natural FGSM PGD-20 CW∞ PGD-100 AA); "
+            "shown: its newest, natural pgd(steps = 3)") in done.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
     done = advc("table", run_dir, empty)
-    assert done.returncode == 1 and "results.json" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: not an advc run folder: no run.json ({empty}) -- hint: ")
+    assert done.stderr.count("\n") == 1

@@ -1,4 +1,5 @@
-"""Result tables: the on-disk results.json, Markdown like the papers' tables, seed merging."""
+"""Result tables: the on-disk results.json and Markdown like the papers' tables (tables over many
+runs, by experiment: test_table.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from advc.runtime.results import (
     Row,
     format_cell,
     load_results,
-    merge_runs,
+    order_columns,
     results_json,
     results_markdown,
     run_markdown,
@@ -63,6 +64,11 @@ def test_markdown_columns_in_canonical_order_only_those_present():
     assert CANONICAL_COLUMNS == ("Natural", "FGSM", "PGD-20", "CW∞", "PGD-100", "AA")
 
 
+def test_column_order_is_the_papers_then_first_appearance_each_once():
+    assert order_columns(["Square", "PGD-20", "Natural", "Square", "AA", "PGD-5"]) == [
+        "Natural", "PGD-20", "AA", "Square", "PGD-5"]
+
+
 def test_one_run_roundtrip_and_markdown(tmp_path):
     sanity = {
         "best": [
@@ -94,47 +100,6 @@ def test_one_run_roundtrip_and_markdown(tmp_path):
     assert rows[2] == ["best", "89.34", "65.52", "46.13"]
     assert rows[3] == ["last", "88.00", "-", "45.00"]
     assert "warn" in md and "black-box-not-stronger" in md
-
-
-def test_merge_runs_mean_std_over_seeds(tmp_path):
-    nat = [89.1, 89.5, 89.42]
-    pgd = [46.0, 46.5, 45.9]
-    runs = [
-        _write_run(
-            tmp_path,
-            f"fat{s}",
-            "fat",
-            s,
-            {"Natural": nat[s], "PGD-20": pgd[s]},
-            last={"Natural": nat[s] - 1},
-        )
-        for s in range(3)
-    ]
-    runs.append(
-        _write_run(tmp_path, "madry0", "madry", 0, {"Natural": 87.3, "PGD-20": 45.8, "AA": 44.0})
-    )
-    md = merge_runs(runs)
-    rows = _table_rows(md)
-    assert rows[0] == ["Defense", "Natural", "PGD-20", "AA"]
-    by_name = {r[0]: r[1:] for r in rows[2:]}
-    assert by_name["fat (best, 3 seeds)"] == [
-        f"{statistics.mean(nat):.2f} ± {statistics.stdev(nat):.2f}",
-        f"{statistics.mean(pgd):.2f} ± {statistics.stdev(pgd):.2f}",
-        "-",
-    ]
-    assert by_name["fat (last, 3 seeds)"][0] == (
-        f"{statistics.mean(nat) - 1:.2f} ± {statistics.stdev([v - 1 for v in nat]):.2f}"
-    )
-    assert by_name["madry (best, 1 seed)"] == ["87.30", "45.80", "44.00"]
-    assert list(by_name) == ["fat (best, 3 seeds)", "fat (last, 3 seeds)", "madry (best, 1 seed)"]
-
-
-def test_merge_lists_sanity_warnings(tmp_path):
-    warn = {"best": [{"name": "black-box-not-stronger", "status": "warn", "detail": "Square 3.00"}]}
-    a = _write_run(tmp_path, "a", "gairat", 0, {"PGD-20": 50.0}, sanity=warn)
-    b = _write_run(tmp_path, "b", "gairat", 1, {"PGD-20": 52.0})
-    md = merge_runs([a, b])
-    assert "Sanity warnings" in md and "gairat seed 0 (best)" in md and "Square 3.00" in md
 
 
 @pytest.mark.parametrize(
@@ -177,17 +142,10 @@ def test_missing_or_malformed_file_is_a_user_error_naming_it(tmp_path, content, 
     if content is not None:
         (run / RESULTS_FILE).write_text(content, encoding="utf-8")
     with pytest.raises(UserError) as info:
-        merge_runs([run])
+        load_results(run)
     err = info.value
     assert fragment in err.message
     assert str(run / RESULTS_FILE) in err.render()
-
-
-def test_same_spec_and_seed_twice_is_refused(tmp_path):
-    a = _write_run(tmp_path, "a", "fat", 0, {"PGD-20": 50.0})
-    b = _write_run(tmp_path, "b", "fat", 0, {"PGD-20": 51.0})
-    with pytest.raises(UserError, match="seed 0"):
-        merge_runs([a, b])
 
 
 def test_results_json_validates_what_it_writes():
