@@ -3,12 +3,16 @@ language reference (docs/language.md), whose examples and transcripts are run he
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -176,10 +180,28 @@ def test_check_and_fmt_do_not_import_torch(argv):
 
 
 # --- docs/language.md: every example checks, every transcript is what advc prints ------------
+#
+# The page is replayed top to bottom in a sandbox holding a copy of specs/:
+# * an ```adv block is written to specs/<its last objective>.adv (or to the file its marker
+#   names: <!-- check: ok, file: lib/base.adv -->); "ok" blocks must check and be in advc fmt's
+#   form ("ok, unformatted": only check), "error" blocks must not check;
+# * a ```console block runs each `$ advc ...` / `$ cat FILE` line and compares what a terminal
+#   shows (stdout and stderr merged, in the order printed) with the lines below it;
+# * a ```python block marked <!-- excerpt of: advc compile SPEC --> must be a contiguous excerpt
+#   of that command's output.
+# In expected output, `...` inside a line stands for any text within that line, and a line that
+# is only `...` for any number of lines: for what differs between machines (a run's accuracies,
+# absolute paths, advc's version, hashes). Everything else must match exactly.
+# `advc check/fmt/compile` run in this process through advc.cli.main (the console script's entry
+# point: the same code, without a second interpreter's start-up per line); `advc run` runs as
+# its own process, as a user's would.
+
+ADV_MARKER = r"<!-- check: (ok|ok, unformatted|error)(?:, file: ([\w./-]+))? -->"
+EXCERPT_MARKER = r"<!-- excerpt of: (advc .+) -->"
 
 
 def _doc_steps(text: str):
-    """The doc's ```adv blocks (with the marker comment above them) and ```console blocks, in order."""
+    """The doc's fenced blocks in order: (language, the marker comment above it, body, line)."""
     steps, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         fence = re.fullmatch(r"```(\w+)", lines[i])
@@ -205,36 +227,46 @@ def test_the_language_reference_has_examples_and_transcripts():
 def test_every_adv_block_in_the_reference_says_whether_it_checks():
     for kind, marker, _, line in DOC_STEPS:
         if kind == "adv":
-            assert re.fullmatch(r"<!-- check: (ok|ok, unformatted|error) -->", marker), (
+            assert re.fullmatch(ADV_MARKER, marker), (
                 f"docs/language.md:{line}: an adv block needs <!-- check: ok --> or <!-- check: error --> above it"
             )
 
 
 def test_the_reference_examples_and_transcripts_are_accurate(tmp_path):
-    """Replays the doc top to bottom in a copy of specs/: writes each example, checks it, runs
-    each `$ advc ...` / `$ cat ...` line and compares with the output printed below it."""
+    """Replays the doc top to bottom in a copy of specs/ (see the comment above)."""
     (tmp_path / "specs").mkdir()
     for spec in SPECS:
         shutil.copy(spec, tmp_path / "specs" / spec.name)
+    outputs: dict[str, str] = {}  # an excerpt's command, run once until a step changes the sandbox
     for kind, marker, body, line in DOC_STEPS:
         where = f"docs/language.md:{line}"
+        if kind in ("adv", "console"):
+            outputs.clear()
         if kind == "adv":
+            status, file = re.fullmatch(ADV_MARKER, marker).groups()
             names = re.findall(r"^objective\s+(\w+)", body, flags=re.MULTILINE)
             assert names, f"{where}: an example without an objective"
-            path = tmp_path / "specs" / f"{names[-1]}.adv"
+            path = tmp_path / (file or f"specs/{names[-1]}.adv")
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(body, encoding="utf-8")
-            if "ok" in marker:
+            if status.startswith("ok"):
                 try:
                     check_file(path)
                 except SpecError as err:
                     pytest.fail(f"{where}: example does not check:\n{err.render()}")
-                if "unformatted" not in marker:
+                if "unformatted" not in status:
                     assert format_text(body) == body, f"{where}: example is not in advc fmt's form"
             else:
                 with pytest.raises(SpecError):
                     check_file(path)
         elif kind == "console":
             _replay(body, tmp_path, where)
+        elif kind == "python" and re.fullmatch(EXCERPT_MARKER, marker):
+            command = re.fullmatch(EXCERPT_MARKER, marker).group(1)
+            if command not in outputs:
+                outputs[command] = _terminal(shlex.split(command)[1:], tmp_path)
+            assert _matches(body.splitlines(), outputs[command].splitlines(), excerpt=True), (
+                f"{where}: not an excerpt of `{command}`, which printed:\n{outputs[command]}")
 
 
 def _replay(body: str, sandbox: Path, where: str) -> None:
@@ -248,11 +280,55 @@ def _replay(body: str, sandbox: Path, where: str) -> None:
     for command, expected in commands:
         argv = shlex.split(command)
         if argv[0] == "advc":
-            done = advc(*argv[1:], cwd=sandbox)
-            out = done.stdout + done.stderr
+            out = _terminal(argv[1:], sandbox)
             assert "Traceback" not in out
         elif argv[0] == "cat":
             out = (sandbox / argv[1]).read_text(encoding="utf-8")
         else:
             raise AssertionError(f"{where}: only advc and cat commands are replayed, not {argv[0]}")
-        assert out.splitlines() == expected, f"{where}: `{command}` printed:\n{out}"
+        assert _matches(expected, out.splitlines()), f"{where}: `{command}` printed:\n{out}"
+
+
+def _terminal(args: list[str], cwd: Path) -> str:
+    """What `advc ARGS` shows in a terminal opened in ``cwd``: stdout and stderr as printed."""
+    if args[0] == "run":
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        script = Path(sys.executable).with_name("advc")
+        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "advc"]
+        done = subprocess.run(cmd + args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=600, check=False)
+        return done.stdout
+    from advc import cli
+
+    shown = io.StringIO()
+    with (contextlib.chdir(cwd), contextlib.redirect_stdout(shown), contextlib.redirect_stderr(shown),
+          mock.patch.object(sys, "argv", ["advc", *args]), contextlib.suppress(SystemExit)):
+        cli.main()
+    return shown.getvalue()
+
+
+def _matches(expected: list[str], actual: list[str], *, excerpt: bool = False) -> bool:
+    """Whether output lines match the expected ones, where `...` in a line stands for any text in
+    that line and a line `...` (indented or not) for any number of lines; with ``excerpt``, the
+    expected lines may be found anywhere in the output."""
+    parts = []
+    for line in expected:
+        if line.strip() == "...":
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            parts.append(".*?".join(re.escape(piece) for piece in line.split("...")) + r"\n")
+    pattern, text = "".join(parts), "".join(line + "\n" for line in actual)
+    if excerpt:
+        return re.search("^" + pattern, text, flags=re.MULTILINE) is not None
+    return re.fullmatch(pattern, text) is not None
+
+
+def test_the_replay_compares_exactly_except_where_an_ellipsis_stands():
+    out = ["specs/a.adv: ok", "", "mail: 40 samples; run folder /tmp/x/runs/m", "| best | 75.00 |", "end"]
+    assert _matches(out, out)
+    assert _matches(["specs/a.adv: ok", "...", "mail: 40 samples; run folder ...", "...", "end"], out)
+    assert _matches(["...", "| best | ... |", "..."], out, excerpt=True)
+    assert not _matches(out[:-1], out)  # a missing line
+    assert not _matches(["specs/a.adv: ok", "...", "mail: 41 samples; run folder ...", "...", "end"], out)
+    assert not _matches(["specs/a.adv: ok ..."], ["specs/a.adv: ok", "x"])  # `...` in a line stays in it
+    assert not _matches(["| best | 75.00 |", "mail: 40 samples; ..."], out, excerpt=True)  # order and adjacency
