@@ -877,7 +877,9 @@ def _pivot(groups: Sequence[Group], by: str) -> tuple[list[TableRow], list[Colum
         differ = [k for k in differing_keys([g.settings for g in groups]) if k != "objective"]
         raise UserError(f"no run has the setting {by!r}", where="--by",
                         hint=f"settings that differ between these runs: {', '.join(differ) or 'none'}")
-    same_as_by = [k for k in present if k != by and all(g.settings.get(k) == g.settings.get(by) for g in groups)]
+    varies = len({_frozen(g.settings.get(by)) for g in groups}) > 1  # else any setting of that value would fold
+    same_as_by = [k for k in present if k != by and (k in MEASURED or varies)
+                  and all(g.settings.get(k) == g.settings.get(by) for g in groups)]
     rows: dict[tuple[str, str], TableRow] = {}
     placed: list[tuple[TableRow, Group]] = []
     for g in groups:

@@ -315,6 +315,16 @@ def test_by_keeps_rows_apart_that_differ_in_anything_else(tmp_path):
                                ["fat", "20", "best", "1 seed", "-", "72.00"]]
 
 
+def test_by_one_value_folds_only_the_evaluated_eps_not_a_setting_that_happens_to_equal_it(tmp_path):
+    for objective, val in (("fat", 0.1), ("trades", 0.2)):  # fat's train.val equals its eps by chance
+        trained(tmp_path, objective, {"objective": objective, "threat.eps": 0.1, "train.val": val},
+                best={"Natural": 80.0})
+    md = merge_runs([tmp_path], checkpoint="best", by="threat.eps")
+    assert rows_of(md)[0] == ["Objective", "val", "Checkpoint", "Seeds", "Natural @ eps=0.1"]
+    assert rows_of(md)[2:] == [["fat", "0.1", "best", "1 seed", "80.00"], ["trades", "0.2", "best", "1 seed", "80.00"]]
+    assert "eval eps = eps" in md and "train.val = eps" not in md
+
+
 def test_by_an_unknown_setting_or_the_seed_is_one_line(tmp_path):
     a = trained(tmp_path, "a", best={"Natural": 80.0})
     trained(tmp_path, "b", {"threat.eps": 0.05}, best={"Natural": 70.0})
