@@ -120,12 +120,9 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
     from advc.compiler.identity import training_id
     from advc.compiler.lower import eval_text
     from advc.runtime.checkpoint import checkpoint_digest, load_checkpoint
-    from advc.runtime.data import load_dataset
-    from advc.runtime.evaluate import evaluate_model, parse_attack_list
     from advc.runtime.loop import load_model_state
     from advc.runtime.models import build_model
     from advc.runtime.results import write_evaluation
-    from advc.runtime.sanity import sanity_checks
 
     if n is not None and n < 1:
         raise UserError("--n must be at least 1", where="--n")
@@ -133,16 +130,8 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
         raise UserError(f"--batch must be at least 1, got {batch_size}", where="--batch")
     program = target.program
     chosen = check_attacks(attacks) if attacks is not None else program.evaluate
-    text = " ".join(eval_text(a) for a in chosen)
-    configs = parse_attack_list(chosen)
+    data, x, y = _test_set(program, data_root, n)
     t = program.train
-    args = dict(t.data_args)
-    root = data_root if data_root is not None else args.pop("root", None)
-    args.pop("download", None)
-    data = load_dataset(t.data, root, False, **args)
-    x, y = data.x_test, data.y_test
-    if n is not None:
-        x, y = x[:n], y[:n]
     model = build_model(t.model, in_channels=data.in_channels, num_classes=data.num_classes, trust_code=trust_code,
                         **dict(t.model_args))
     expected = training_id(program)
@@ -160,23 +149,46 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
             table[name], checks[name] = dict(table[seen[digest]]), list(checks.get(seen[digest], []))
         else:
             load_model_state(model, state, path)
-            model.eval()
-            table[name] = {}
-            for config in configs:
-                t0 = time.perf_counter()
-                result = evaluate_model(model, x, y, [config], eps=target.eps, norm=target.norm,
-                                        batch_size=batch_size)
-                table[name].update(result)
-                if not quiet:
-                    print(f"{name}: {config.label} {result[config.label]:.2f}%  ({time.perf_counter() - t0:.1f}s)",
-                          flush=True)
-            if sanity:
-                checks[name] = sanity_checks(model, x, y, table[name], eps=target.eps, norm=target.norm,
-                                             batch_size=batch_size)
+            table[name], checks[name] = _measure(model, x, y, chosen, target, name, batch_size=batch_size,
+                                                 sanity=sanity, quiet=quiet)
         if target.run_dir is not None:
             write_evaluation(target.run_dir, checkpoint=name, weights_sha256=digest,
-                             epoch=int(extra.get("epoch", 0)), attacks=text, n=int(x.shape[0]), eps=target.eps,
-                             norm=target.norm, results=table[name], sanity=checks.get(name),
-                             seconds=time.perf_counter() - start)
+                             epoch=int(extra.get("epoch", 0)), attacks=" ".join(eval_text(a) for a in chosen),
+                             n=int(x.shape[0]), eps=target.eps, norm=target.norm, results=table[name],
+                             sanity=checks[name] or None, seconds=time.perf_counter() - start)
         seen[digest] = name
-    return table, checks, int(x.shape[0])
+    return table, {k: v for k, v in checks.items() if v}, int(x.shape[0])
+
+
+def _test_set(program, data_root: str | None, n: int | None):
+    """The spec's data set (never downloaded here: a run folder's data is already on disk) and its
+    first ``n`` test samples."""
+    from advc.runtime.data import load_dataset
+
+    t = program.train
+    args = dict(t.data_args)
+    root = data_root if data_root is not None else args.pop("root", None)
+    args.pop("download", None)
+    data = load_dataset(t.data, root, False, **args)
+    x, y = data.x_test, data.y_test
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return data, x, y
+
+
+def _measure(model, x, y, attacks, target: EvalTarget, name: str, *, batch_size: int, sanity: bool,
+             quiet: bool) -> tuple[dict[str, float], list]:
+    """One set of weights: each attack's accuracy (a line each unless quiet), then the sanity checks."""
+    from advc.runtime.evaluate import evaluate_model, parse_attack_list
+    from advc.runtime.sanity import sanity_checks
+
+    model.eval()
+    results: dict[str, float] = {}
+    for config in parse_attack_list(attacks):
+        t0 = time.perf_counter()
+        results.update(evaluate_model(model, x, y, [config], eps=target.eps, norm=target.norm, batch_size=batch_size))
+        if not quiet:
+            print(f"{name}: {config.label} {results[config.label]:.2f}%  ({time.perf_counter() - t0:.1f}s)", flush=True)
+    checks = sanity_checks(model, x, y, results, eps=target.eps, norm=target.norm, batch_size=batch_size) \
+        if sanity else []
+    return results, checks
