@@ -737,20 +737,8 @@ def sweep(opts: SweepOptions) -> int:
     """``advc sweep``: returns an exit code (0: every point complete; 1: some failed; 130: stopped)."""
     from advc import __version__
     from advc.files import atomic_write_text
-    from advc.runtime.results import merge_runs
 
-    if not opts.specs:
-        raise UserError("no spec to sweep", where="advc sweep", hint="name one or more spec files")
-    if len({os.path.normpath(str(s)) for s in opts.specs}) < len(opts.specs):
-        raise UserError("a spec is given twice", where="advc sweep", hint="name each spec once")
-    if opts.gpus < 0:
-        raise UserError(f"--gpus must be 0 or more, got {opts.gpus}", where="--gpus")
-    if opts.jobs is not None and opts.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {opts.jobs}", where="--jobs")
-    if opts.gpus and opts.jobs is not None and opts.jobs != opts.gpus:
-        raise UserError("with --gpus N the sweep runs one run per GPU at a time", where=f"--jobs {opts.jobs}",
-                        hint="drop --jobs (multi-GPU runs: advc run --gpus N)")
-    jobs = opts.gpus or opts.jobs or 1
+    jobs = _check_options(opts)
     seeds = parse_seeds(opts.seeds)
     grid = parse_grid(opts.grid, opts.overrides, seeds is not None)
     if opts.gpus:
@@ -769,12 +757,7 @@ def sweep(opts: SweepOptions) -> int:
     record = read_sweep_record(out)
     if record is not None:
         check_same_sweep(record, mine, out / SWEEP_FILE)
-        kept = {(p.get("spec"), tuple(p.get("overrides", ()))): p.get("folder") for p in record["points"]
-                if isinstance(p, dict)}
-        for point in points:  # the names it was started with, should naming ever change
-            name = kept.get((point.spec, tuple(point.overrides)))
-            if isinstance(name, str) and name and Path(name).name == name:
-                point.folder = name
+        _keep_folder_names(record, points)
     lock = lock_sweep_folder(out)
     try:
         for point in points:
@@ -798,7 +781,40 @@ def sweep(opts: SweepOptions) -> int:
             display.stop()
     finally:
         lock.release()
+    return _report(opts, points, states, runner, display)
 
+
+def _check_options(opts: SweepOptions) -> int:
+    """The options that need no spec, checked; the number of runs at a time."""
+    if not opts.specs:
+        raise UserError("no spec to sweep", where="advc sweep", hint="name one or more spec files")
+    if len({os.path.normpath(str(s)) for s in opts.specs}) < len(opts.specs):
+        raise UserError("a spec is given twice", where="advc sweep", hint="name each spec once")
+    if opts.gpus < 0:
+        raise UserError(f"--gpus must be 0 or more, got {opts.gpus}", where="--gpus")
+    if opts.jobs is not None and opts.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {opts.jobs}", where="--jobs")
+    if opts.gpus and opts.jobs is not None and opts.jobs != opts.gpus:
+        raise UserError("with --gpus N the sweep runs one run per GPU at a time", where=f"--jobs {opts.jobs}",
+                        hint="drop --jobs (multi-GPU runs: advc run --gpus N)")
+    return opts.gpus or opts.jobs or 1
+
+
+def _keep_folder_names(record: dict, points: list[Point]) -> None:
+    """A continued sweep keeps the folder names it was started with, should naming ever change."""
+    kept = {(p.get("spec"), tuple(p.get("overrides", ()))): p.get("folder") for p in record["points"]
+            if isinstance(p, dict)}
+    for point in points:
+        name = kept.get((point.spec, tuple(point.overrides)))
+        if isinstance(name, str) and name and Path(name).name == name:
+            point.folder = name
+
+
+def _report(opts: SweepOptions, points: list[Point], states: list[str], runner: Runner, display: Display) -> int:
+    """The closing lines -- interrupted, or what completed and failed, then the table -- and the exit code."""
+    from advc.runtime.results import merge_runs
+
+    out = opts.out
     say = display.line
     if runner.stopping_since is not None:
         incomplete = [p.folder for p, s in zip(points, states) if s != "complete" and p not in runner.done]
