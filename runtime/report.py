@@ -59,54 +59,54 @@ def write_plots(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         return []
     folder = Path(run_dir) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     epochs = [int(r["epoch"]) for r in rows]  # from 0, as the spec counts them
     written = []
-
-    def save(fig, name: str) -> None:
-        path = folder / name
-        tmp = folder / f".{name}.tmp.png"
+    for name, draw in (("accuracy.png", _accuracy), ("kappa.png", _kappa), ("bps.png", _bps)):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        draw(fig, ax, rows, epochs)
+        ax.set_xlabel("epoch (from 0)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
+        tmp = folder / f".{name}.tmp.png"  # never a half-written figure under the real name
         fig.savefig(tmp, dpi=110)
         plt.close(fig)
-        os.replace(tmp, path)
-        written.append(path)
+        os.replace(tmp, folder / name)
+        written.append(folder / name)
+    return written
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+
+def _accuracy(fig, ax, rows: Sequence[Mapping[str, Any]], epochs: list[int]) -> None:
     for key, label in (("val_natural", "natural (val)"), ("val_pgd20", "PGD-20 (val)"),
                        ("train_natural", "natural (train)"), ("train_adversarial", "adversarial (train)")):
         ys = [r.get(key) for r in rows]
         if any(y is not None for y in ys):
             style = "-" if key.startswith("val") else ":"
             ax.plot(epochs, [float("nan") if y is None else y for y in ys], style, marker="o", label=label)
-    ax.set_xlabel("epoch (from 0)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy per epoch")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
-    save(fig, "accuracy.png")
 
-    # kappa at every epoch: one column per epoch, the share of samples at each value
+
+def _kappa(fig, ax, rows: Sequence[Mapping[str, Any]], epochs: list[int]) -> None:
+    """kappa at every epoch: one column per epoch, the share of samples at each value."""
     hists = [r.get("kappa_hist") or [] for r in rows]
     k = max((len(h) for h in hists), default=1)
     grid = [[(h[i] / max(sum(h), 1)) if i < len(h) else 0.0 for h in hists] for i in range(k)]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis",
                       extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, k - 0.5))
     fig.colorbar(image, ax=ax, label="share of training samples")
-    ax.set_xlabel("epoch (from 0)")
     ax.set_ylabel("kappa (checks still correct)")
     ax.set_title("kappa histogram per epoch")
-    save(fig, "kappa.png")
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+
+def _bps(fig, ax, rows: Sequence[Mapping[str, Any]], epochs: list[int]) -> None:
     ax.bar(epochs, [r.get("bps_per_sample", 0) for r in rows], color="tab:orange")
-    ax.set_xlabel("epoch (from 0)")
     ax.set_ylabel("backward passes per sample")
     ax.set_title("BPs per sample per epoch")
-    save(fig, "bps.png")
-    return written
