@@ -228,6 +228,13 @@ class Checker:
                 else:
                     self.error("'every' is epoch or step", getattr(arg.value, "span", None))
                     ok = False
+        if kind != "piecewise":
+            # a point of an interpolation may sit on a strict bound: the value is there only at that
+            # instant -- cosine(0: 0.1, 100: 0) over 100 epochs never reaches 0, linear(0: 0, 2: 0.2,
+            # every = step) is 0 at the first step only. program.settle checks every epoch.
+            param = param.touching()
+        for arg in call.args:
+            if isinstance(arg, ast.KwArg) and arg.name.name == "every":
                 continue
             if not isinstance(arg, ast.Pair):
                 self.error(f"{kind}(...) takes 'epoch: value' pairs", getattr(arg, "span", None),

@@ -10,16 +10,28 @@ from __future__ import annotations
 from . import ast
 from .parse import parse_text
 
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "^": 4}
+# as the grammar nests them: or < and < not < comparisons < + - < * / < unary minus < ^ < atoms
+_PREC = {"or": -3, "and": -2, "+": 1, "-": 1, "*": 2, "/": 2, "^": 4}
+_NOT, _COMPARE = -1, 0
 _ATOM = 5
 
 
 def _prec(e) -> int:
-    if isinstance(e, ast.BinOp):
+    if isinstance(e, (ast.BinOp, ast.BoolOp)):
         return _PREC[e.op]
+    if isinstance(e, ast.Compare):
+        return _COMPARE
+    if isinstance(e, ast.Not):
+        return _NOT
     if isinstance(e, ast.Neg):
         return 3
     return _ATOM
+
+
+def _paren(e, below: int) -> str:
+    """``e`` in parentheses when it binds looser than ``below`` allows."""
+    text = expr(e)
+    return f"({text})" if _prec(e) < below else text
 
 
 def expr(e) -> str:
@@ -49,6 +61,13 @@ def expr(e) -> str:
         if e.op == "/" and isinstance(e.left, ast.Num) and isinstance(e.right, ast.Num):
             return f"{left}/{right}"
         return f"{left} {e.op} {right}"
+    if isinstance(e, ast.Compare):  # comparisons do not chain: both sides are sums
+        return f"{_paren(e.left, 1)} {e.op} {_paren(e.right, 1)}"
+    if isinstance(e, ast.BoolOp):  # left-associative
+        p = _PREC[e.op]
+        return f"{_paren(e.left, p)} {e.op} {_paren(e.right, p + 1)}"
+    if isinstance(e, ast.Not):
+        return f"not {_paren(e.operand, _NOT)}"
     if isinstance(e, ast.Call):
         return f"{e.func.name}({', '.join(arg(a) for a in e.args)})"
     raise TypeError(f"not an expression: {e!r}")  # pragma: no cover
@@ -129,7 +148,9 @@ class _Printer:
                 self.lines.append("")
             if isinstance(item, ast.Objective):
                 header = f"objective {item.name.name}"
-                if item.parent is not None:
+                if isinstance(item.parent, ast.Str):
+                    header += f' extends "{item.parent.value}"'
+                elif item.parent is not None:
                     header += f" extends {item.parent.name}"
                 self.block(header, item, [(clause(c), c) for c in item.clauses])
             elif isinstance(item, ast.Train):

@@ -99,7 +99,7 @@ class _Inliner:
         self.done[key] = "pending"
         stmt = mod.defs[name]
         for inner in ast.walk(stmt):
-            if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("advc") or (
+            if (isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("advc")) or (
                     isinstance(inner, ast.ImportFrom) and inner.level):
                 raise NotInlinable(f"{module}.{name} imports advc inside its body")
         for used in sorted(_names(stmt)):

@@ -468,6 +468,11 @@ def settle(b: Builder, epochs: int | None) -> bool:
                     else f"'{p.name}' uses the learning rate, which changes at every step", p.span,
                     "give this setting an epoch schedule" if not lr_ref else "write the number")
             ok = False
+        elif per_step[key] and not isinstance(p.x, ir.XSched):
+            # the generated lr_at(epoch, step, steps_per_epoch) is the schedule's own formula
+            b.error("a per-step schedule must be the whole learning rate, not part of an expression", p.span,
+                    "put the numbers inside it, e.g. lr = onecycle(max = 0.2)")
+            ok = False
         if varies[key] and not p.param.varies:
             b.error(f"'{p.name}' is one value for the whole run; it cannot follow a schedule or the epoch", p.span)
             ok = False
@@ -567,10 +572,16 @@ def _ranges(b: Builder, p: _Pending, values: _Values, epochs: int | None, varies
         extremes = ([o["max"] / o["div"] / o["final_div"], o["max"]] if sched.kind == "onecycle"
                     else [o["min"], o["max"]] if sched.kind == "cyclic" else [v for _, v in sched.points])
         if p.x is sched:  # the rate is the schedule itself: its extremes are its range
+            # it may touch the bound at a step (a warm-up from 0, the end of a cycle), not stay there
+            touch = p.param.touching() if sched.kind != "piecewise" else p.param
             for v in extremes:
-                if v is not None and p.param.violated(v):
-                    b.error(f"'{p.name}' must be {p.param.range_text()}, got {show(v)} during the run", p.span)
+                if v is not None and touch.violated(v):
+                    b.error(f"'{p.name}' must be {touch.range_text()}, got {show(v)} during the run", p.span)
                     return None
+            if p.param.violated(max(extremes)):
+                b.error(f"'{p.name}' must be {p.param.range_text()} at some step, got {show(max(extremes))} "
+                        "at every step", p.span)
+                return None
             return min(extremes), max(extremes)
     seen = []
     for epoch in checks:
