@@ -169,7 +169,8 @@ def _step_body(s: ir.XSched) -> tuple[list[str], str]:
         return head + [
             f"up = float({literal(float(o['pct_start']))} * total) - 1  # the last step of the rise",
             "if i <= up:",
-            f"    start, stop, pct = {literal(mx / div)}, {literal(mx)}, i / up",
+            # up is 0 when pct_start * total is 1: the rise is the first step alone (torch divides by 0)
+            f"    start, stop, pct = {literal(mx / div)}, {literal(mx)}, i / up if up > 0 else 1.0",
             "else:",
             f"    start, stop, pct = {literal(mx)}, {literal(mx / div / final)}, (i - up) / (total - 1 - up)",
             f"return {anneal}",

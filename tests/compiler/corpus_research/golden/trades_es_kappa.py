@@ -78,7 +78,7 @@ def lr_at(epoch: int, step: int, steps_per_epoch: int) -> float:
     total = EPOCHS * steps_per_epoch
     up = float(0.3 * total) - 1  # the last step of the rise
     if i <= up:
-        start, stop, pct = 0.004, 0.1, i / up
+        start, stop, pct = 0.004, 0.1, i / up if up > 0 else 1.0
     else:
         start, stop, pct = 0.1, 4e-07, (i - up) / (total - 1 - up)
     return stop + (start - stop) / 2.0 * (math.cos(math.pi * pct) + 1)
