@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 from . import ast, ir
-from .check import Checker, Scope, builtin_names, show
+from .check import PROGRESS_HINT, PROGRESS_NEEDS_TRAIN, Checker, Scope, builtin_names, show
 from .diagnostics import Reporter, Span, did_you_mean, one_of, render_one
 from .fmt import expr as expr_text
 from .resolve import Resolved
@@ -70,6 +70,7 @@ class Builder:
         self.check = Checker(report, dict(SETTING_KEYS))
         self.pending: dict[str, _Pending] = {}
         self.settled: dict[str, ir.Setting] = {}
+        self.has_train = True  # False for an objective alone: no epochs, so no `progress`
 
     def error(self, message: str, span, hint: str | None = None) -> None:
         self.report.error(message, span, hint)
@@ -160,7 +161,7 @@ class Builder:
         ``steps`` there is each sample's step count (a per-sample quantity); the attack's is ``K``.
         """
         scalars = {n for n, k in SETTING_KEYS.items() if k in self.pending} | set(SCALARS)
-        return Scope(where, set(bindings), scalars - {"steps"}, **kw)
+        return Scope(where, set(bindings), scalars - {"steps"}, progress=self.has_train, **kw)
 
 
 # --- the sections ---------------------------------------------------------------------------
@@ -423,7 +424,7 @@ def settle(b: Builder, epochs: int | None) -> bool:
                         f"'{p.name}' refers to it; set it, or write the number")
                 ok = False
             if isinstance(node, ir.XVar) and node.name == "progress" and epochs is None:
-                b.error("'progress' needs a train block (epochs)", p.span)
+                b.error(PROGRESS_NEEDS_TRAIN, p.span, PROGRESS_HINT)
                 ok = False
     if not ok:
         return False
@@ -636,8 +637,9 @@ def _types_ok(b: Builder, e: ir.E, node) -> bool:
         if isinstance(n, (ir.EBool, ir.ENot)):
             parts = [n.left, n.right] if isinstance(n, ir.EBool) else [n.operand]
             if any(_kind(x) != "bool" for x in parts):
-                b.error(f"'{n.op if isinstance(n, ir.EBool) else 'not'}' joins conditions, not numbers",
-                        getattr(node, "span", None), "compare the number first, e.g. margin > 0")
+                what = f"'{n.op}' joins" if isinstance(n, ir.EBool) else "'not' negates"
+                b.error(f"{what} conditions, not numbers", getattr(node, "span", None),
+                        "compare the number first, e.g. margin > 0")
                 return False
         elif isinstance(n, (ir.EBin, ir.ECmp, ir.EFunc, ir.ENeg)):
             parts = [n.left, n.right] if isinstance(n, (ir.EBin, ir.ECmp)) else (
@@ -737,6 +739,7 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     norm = _threat(b, c.get("threat"))
     attack = _attack(b, c.get("attack"))
     train = _train(b, merged)
+    b.has_train = train != "absent"
     form = _form(b, c.get("form"))
     weight = _weight(b, c.get("weight"))
     loss = _loss(b, c.get("loss"), weight is not None and weight[0] != "none")

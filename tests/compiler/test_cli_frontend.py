@@ -165,6 +165,40 @@ def test_check_and_fmt_do_not_import_torch(argv):
     assert code == ("2" if "stepz" in argv[-1] else "0")
 
 
+def test_check_answers_in_under_half_a_second(tmp_path):
+    """`advc check` of a spec with two parents and a whole-clause override: at most 5 times what
+    the interpreter spends importing the two libraries it cannot do without (typer, lark) --
+    about 0.1 s on an idle core, so 0.5 s.
+
+    CPU time of the processes (user + system), medians of five interleaved runs after one that
+    writes the bytecode cache an installed advc has. An absolute limit would measure the machine:
+    on the shared development box both numbers swing by 2x with the neighbours' load, their ratio
+    by a few percent. Importing torch alone would multiply it by ten.
+    """
+    import os
+    import resource
+    import statistics
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env |= {"PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"), "OMP_NUM_THREADS": "1"}
+    script = Path(sys.executable).with_name("advc")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "advc"]
+    check = [*cmd, "check", "specs/gair_fat.adv", "--set", "weight=exp(-margin / T) where T = 2"]
+    baseline = [sys.executable, "-c", "import typer, lark"]
+
+    def cpu(argv) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert done.returncode == 0, done.stderr
+        return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+    cpu(check), cpu(baseline)
+    runs = [(cpu(check), cpu(baseline)) for _ in range(5)]
+    ours, base = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    assert ours < 5 * base, f"advc check {ours:.3f} s of CPU, importing typer and lark {base:.3f} s"
+
+
 # --- docs/language.md: every example checks, every transcript is what advc prints ------------
 
 
