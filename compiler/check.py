@@ -440,6 +440,9 @@ class Checker:
                 self.error(f"{name}({', '.join(plain)}) is not a loss term", expr.span, f"write {shown}")
                 return None
             return ir.ETerm(name, tuple(plain))
+        if name in scope.quantities and QUANTITIES[name].args == ((),) and not (scope.terms and name in TERMS):
+            self.error(f"'{name}' takes no arguments", expr.span, f"write {name}")
+            return None
         if name in scope.quantities and QUANTITIES[name].args != ((),):
             forms = QUANTITIES[name].args
             if tuple(plain) not in forms:

@@ -17,6 +17,7 @@ from . import ast, ir
 from .check import PROGRESS_HINT, PROGRESS_NEEDS_TRAIN, Checker, Scope, builtin_names, show
 from .diagnostics import Reporter, Span, did_you_mean, one_of, render_one
 from .fmt import expr as expr_text
+from .identity import etext
 from .resolve import Resolved
 from .vocabulary import Param, fixed
 from .vocabulary.clauses import (
@@ -774,6 +775,12 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     wtext = expr_text(c["weight"].value) if "weight" in c else "none"
     weight_ir = ir.Weight(wkind, fn, s.get(lam) if lam else None, int(from_value), normalise, wexpr,
                           tuple(s[k] for k in wplain.values()), b.origin(c.get("weight")), wtext)
+    divisions = [(wexpr, wplain, "weight", c.get("weight"), int(from_value)), (stop, fplain, "stop rule", form[2], 0),
+                 (loss[0], loss[1], "loss", c.get("loss"), 0)]  # fmt: skip
+    for e, plain, what, where, start in divisions:
+        span = getattr(getattr(where, "value", where), "span", None)
+        if e is not None and not _divisors_nonzero(b, e, plain, epochs, what, span, start):
+            return None
     if wkind == "expr":
         sign = weight_sign(wexpr, _scalar_ranges(b, values_epochs=epochs))
         if sign == "never":
@@ -808,6 +815,56 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     warn_program(b, program, merged)
     rendered = tuple(ir.Warning(d.code, d.message, render_one(d, report.sources)) for d in report.warnings)
     return replace(program, warnings=rendered)
+
+
+def _divisors_nonzero(b: Builder, e: ir.E, plain: dict[str, str], epochs: int | None, what: str, span,
+                      start: int) -> bool:
+    """A weight, loss or stop rule may divide by a number of the spec (``exp(-margin / T)``)
+    only where that number is not 0: checked at every epoch it is computed (a weight from its
+    ``from_epoch``), as the settings are."""
+    values = _Values(b.pending, epochs)
+    names = {n: k for n, k in SETTING_KEYS.items() if k in b.pending} | {"K": "attack.steps", "lambda": "weight.lambda"}
+    names |= plain
+    for node in ir.walk(e):
+        if not (isinstance(node, ir.EBin) and node.op == "/"):
+            continue
+        if any(isinstance(n, (ir.EQty, ir.ETerm)) or (isinstance(n, ir.EVar) and n.name == "weight")
+               for n in ir.walk(node.right)):
+            continue  # a per-sample divisor: its values are known only when it runs
+        checks = [x for x in values.epochs_to_check() if x >= start]
+        for epoch in checks:
+            if _scalar(node.right, epoch, values, names, epochs) == 0:
+                divisor = etext(node.right)
+                at = f" at epoch {epoch}" if any(_scalar(node.right, x, values, names, epochs) != 0 for x in checks) else ""
+                b.error(f"division by zero in the {what}: {divisor} is 0{at}", span,
+                        f"the {what} divides by {divisor}: keep it away from 0")
+                return False
+    return True
+
+
+def _scalar(e: ir.E, epoch: int, values: _Values, names: dict[str, str], epochs: int | None) -> float:
+    """The value at an epoch of an expression of scalars (no per-sample quantity in it)."""
+    if isinstance(e, ir.EConst):
+        return e.value
+    if isinstance(e, ir.EVar):
+        if e.name == "epoch":
+            return epoch
+        if e.name == "progress":
+            return epoch / epochs
+        return values.at(names[e.name], epoch)
+    if isinstance(e, ir.ENeg):
+        return -_scalar(e.operand, epoch, values, names, epochs)
+    if isinstance(e, ir.EBin):
+        a, c = _scalar(e.left, epoch, values, names, epochs), _scalar(e.right, epoch, values, names, epochs)
+        try:
+            return {"+": lambda: a + c, "-": lambda: a - c, "*": lambda: a * c, "/": lambda: a / c,
+                    "^": lambda: float(a) ** float(c)}[e.op]()
+        except (ZeroDivisionError, OverflowError, ValueError):
+            return math.nan
+    try:
+        return _SCALAR_MATH[e.fn](*(_scalar(a, epoch, values, names, epochs) for a in e.args))
+    except (OverflowError, ValueError):
+        return math.nan
 
 
 def _default_evaluate(report: Reporter):
