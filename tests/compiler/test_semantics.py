@@ -318,6 +318,26 @@ def test_attack_runs_in_eval_mode_with_input_only_gradients(form):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("form", ["minmax", "minmin(tau = 1)"])
+def test_attack_mode_train_keeps_batch_norm_in_training_mode_and_restores_the_mode(form):
+    """mode = train (fast AT's code): the attack's forwards run in train mode -- batch-norm
+    uses and updates batch statistics -- the gradient is still the input's only."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Tanh(), torch.nn.Flatten(),
+                              torch.nn.Linear(24, 3))  # batch-norm over images: a lone sample still has 6 values
+    model = ModeRecorder(net)
+    x, y = batch(0, 8, dtype=torch.float32)
+    prog = compiled(spec_text(attack="pgd(steps = 4, step_size = 0.07, init = uniform, mode = train)", form=form))
+    for before in (True, False):
+        model.train(before)
+        model.modes.clear()
+        stats = net[1].running_mean.clone()
+        prog.attack(model, x, y, epoch=0)
+        assert model.modes and all(model.modes)
+        assert model.training == before
+        assert not torch.equal(net[1].running_mean, stats)  # batch statistics were used and updated
+        assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_attack_and_loss_follow_the_model_dtype(dtype):
     model = smooth_model(1, 6, dtype=dtype)
