@@ -288,8 +288,10 @@ _FINAL = {
     ("grad_norm", ("1",)): ("grad_norm_1", "grad_norm(final_grad, 1)"),
     ("grad_norm", ("2",)): ("grad_norm_2", "grad_norm(final_grad, 2)"),
     ("grad_norm", ("inf",)): ("grad_norm_inf", "grad_norm(final_grad, math.inf)"),
-    ("fosc", ()): ("fosc", "fosc(final_grad, x_adv - x, {eps}, NORM)"),
+    ("fosc", ()): ("fosc", "fosc(final_grad, x_adv - x, {eps}, NORM).clamp(min=0.0)"),
 }
+# FOSC is >= 0 inside the ball; at the box's corners float rounding can put it a hair below (about 3
+# samples in 10,000 in float32), which a weight would report as negative: clamped, as in the formula
 # at the current iterate (stop rules), inside the attack loop: name -> code
 _ITERATE = {
     ("margin", ()): "m",
@@ -302,7 +304,7 @@ _ITERATE = {
     ("grad_norm", ("1",)): "grad_norm(grad, 1)",
     ("grad_norm", ("2",)): "grad_norm(grad, 2)",
     ("grad_norm", ("inf",)): "grad_norm(grad, math.inf)",
-    ("fosc", ()): "fosc(grad, xa.detach() - x[active], {eps}, NORM)",
+    ("fosc", ()): "fosc(grad, xa.detach() - x[active], {eps}, NORM).clamp(min=0.0)",
     ("kappa", ()): "kappa[active]",
     ("steps", ()): "steps[active]",
 }

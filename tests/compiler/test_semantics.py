@@ -683,8 +683,26 @@ def reference_quantities(model, x_i, y_i: int, xp_i, eps: float, norm: str, atta
     }  # fmt: skip
     out["pm"] = out["prob(adv)"] - out["max_wrong_prob(adv)"]
     dual = out["grad_norm(1)"] if norm == "linf" else out["grad_norm(2)"]
-    out["fosc"] = eps * dual - math.fsum(a * b for a, b in zip(d, g, strict=True))
+    out["fosc"] = max(0.0, eps * dual - math.fsum(a * b for a, b in zip(d, g, strict=True)))  # >= 0 in the ball
     return out
+
+
+def test_fosc_at_the_box_corners_is_not_negative_so_a_fosc_weight_runs():
+    """Regression: in float32, eps * ||g||_1 - <x' - x, g> rounds below 0 for a few samples at
+    the corners of the box, and `weight fosc` stopped training with "negative for 3 samples"."""
+    from advc.runtime.attacks import fosc
+
+    prog = compiled(spec_text("linf(eps = 0.1)", "pgd(steps = 2, step_size = 0.1, init = uniform)",
+                              weight="fosc where normalise = none", loss="ce(adv) * weight"))
+    torch.manual_seed(1)  # the model, the data and the random start
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10))
+    x, y = torch.rand((2048, 1, 8, 8)), torch.randint(0, 10, (2048,))
+    result = prog.attack(model, x, y, epoch=0)
+    xa = result.x_adv.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
+    assert (fosc(grad, result.x_adv - x, 0.1, "linf") < 0).any()  # the rounding this guards against happens
+    assert (result.fosc >= 0).all()
+    assert torch.equal(prog.weights(result, epoch=0), result.fosc)
 
 
 @SETTINGS

@@ -148,7 +148,7 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, epoch: int, generator=None) 
         kappa[active] += (m <= 0).long()  # still correct before this step
         # tests/compiler/corpus_research/dynamic_at.adv:12 form minmin(tau = 0, stop = fosc <= c) where c = linear(0: 0.5, 8: 0)
         c = c_at(epoch)
-        wrong = fosc(grad, xa.detach() - x[active], EPS, NORM) <= c
+        wrong = fosc(grad, xa.detach() - x[active], EPS, NORM).clamp(min=0.0) <= c
         stop = wrong & (budget[active] == 0)
         budget[active] -= (wrong & ~stop).long()
         x_step = ascent_step(xa.detach(), grad, STEP_SIZE, NORM)
