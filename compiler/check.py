@@ -46,6 +46,10 @@ def show(v) -> str:
     return fmt_num(v)
 
 
+PROGRESS_NEEDS_TRAIN = "'progress' needs a train block (epochs)"
+PROGRESS_HINT = "progress is epoch / epochs: add a train block, or write the epoch"
+
+
 @dataclass
 class Scope:
     """What the names of a per-sample expression mean (weight, loss or stop rule)."""
@@ -56,6 +60,7 @@ class Scope:
     terms: bool = False  # loss terms allowed (the loss)
     quantities: set[str] = field(default_factory=lambda: set(QUANTITIES))  # detached per-sample ones allowed
     extra: set[str] = field(default_factory=set)  # e.g. `weight` inside the loss
+    progress: bool = True  # False without a train block (no epochs to divide by)
 
 
 class Checker:
@@ -228,6 +233,11 @@ class Checker:
                 else:
                     self.error("'every' is epoch or step", getattr(arg.value, "span", None))
                     ok = False
+        if kind != "piecewise":
+            # a point of an interpolation may sit on a strict bound: the value is there only at that
+            # instant -- cosine(0: 0.1, 100: 0) over 100 epochs never reaches 0, linear(0: 0, 2: 0.2,
+            # every = step) is 0 at the first step only. program.settle checks every epoch.
+            param = param.touching()
         for arg in call.args:
             if isinstance(arg, ast.KwArg) and arg.name.name == "every":
                 continue
@@ -376,8 +386,14 @@ class Checker:
             return None
         if isinstance(expr, ast.Name):
             name = expr.id
+            if name == "progress" and not scope.progress and name not in scope.bindings:
+                self.error(PROGRESS_NEEDS_TRAIN, expr.span, PROGRESS_HINT)
+                return None
             if name in scope.bindings or name in scope.scalars or name in scope.extra:
                 return ir.EVar(name)
+            if name in QUANTITIES and name not in scope.quantities and not (scope.terms and name in TERMS):
+                self._not_here(name, expr.span, scope)
+                return None
             if name in scope.quantities and () in QUANTITIES[name].args:
                 return ir.EQty(name)
             if name == "inf":
@@ -426,6 +442,9 @@ class Checker:
                 self.error(f"{name}({', '.join(plain)}) is not a loss term", expr.span, f"write {shown}")
                 return None
             return ir.ETerm(name, tuple(plain))
+        if name in scope.quantities and QUANTITIES[name].args == ((),) and not (scope.terms and name in TERMS):
+            self.error(f"'{name}' takes no arguments", expr.span, f"write {name}")
+            return None
         if name in scope.quantities and QUANTITIES[name].args != ((),):
             forms = QUANTITIES[name].args
             if tuple(plain) not in forms:
@@ -434,6 +453,14 @@ class Checker:
                            f"write {shown}")
                 return None
             return ir.EQty(name, tuple(plain))
+        if name in QUANTITIES and name not in scope.quantities and not (scope.terms and name in TERMS):
+            self._not_here(name, expr.func.span, scope)
+            return None
+        if name in TERMS and not scope.terms:
+            what = "stop rule" if where == "stop" else where
+            self.error(f"'{name}' is a loss term, which only the loss can use", expr.func.span,
+                       f"the {what} reads per-sample quantities: 'loss' is CE(f(x'), y)" if name == "ce" else None)
+            return None
         if name not in FUNCTIONS:
             choices = set(FUNCTIONS) | (set(TERMS) if scope.terms else set())
             choices |= {q for q in scope.quantities if QUANTITIES[q].args != ((),)}
@@ -451,6 +478,12 @@ class Checker:
         if any(a is None for a in args):
             return None
         return ir.EFunc(name, tuple(args))
+
+    def _not_here(self, name: str, span, scope: Scope) -> None:
+        """A per-sample quantity where the expression cannot read it (the loss reads kappa and
+        steps only: the others are detached values of the attack, which weights carry in)."""
+        self.error(f"the {scope.where} cannot read the per-sample quantity '{name}'", span,
+                   f"read it in the weight and multiply: weight ... {name} ..., loss ce(adv) * weight")
 
     def binding_name(self, b: ast.Binding, special: set[str], builtin: set[str]) -> bool:
         """Whether a where-binding's name may be bound (reports why not)."""

@@ -10,22 +10,28 @@ from __future__ import annotations
 from . import ast
 from .parse import parse_text
 
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "^": 4}
+# as the grammar nests them: or < and < not < comparisons < + - < * / < unary minus < ^ < atoms
+_PREC = {"or": -3, "and": -2, "+": 1, "-": 1, "*": 2, "/": 2, "^": 4}
+_NOT, _COMPARE = -1, 0
 _ATOM = 5
 
 
 def _prec(e) -> int:
-    if isinstance(e, ast.BinOp):
+    if isinstance(e, (ast.BinOp, ast.BoolOp)):
         return _PREC[e.op]
+    if isinstance(e, ast.Compare):
+        return _COMPARE
+    if isinstance(e, ast.Not):
+        return _NOT
     if isinstance(e, ast.Neg):
         return 3
-    if isinstance(e, ast.Compare):
-        return 0
-    if isinstance(e, ast.Not):
-        return -1
-    if isinstance(e, ast.BoolOp):
-        return -2 if e.op == "and" else -3
     return _ATOM
+
+
+def _paren(e, below: int) -> str:
+    """``e`` in parentheses when it binds looser than ``below`` allows."""
+    text = expr(e)
+    return f"({text})" if _prec(e) < below else text
 
 
 def expr(e) -> str:
@@ -55,22 +61,15 @@ def expr(e) -> str:
         if e.op == "/" and isinstance(e.left, ast.Num) and isinstance(e.right, ast.Num):
             return f"{left}/{right}"
         return f"{left} {e.op} {right}"
+    if isinstance(e, ast.Compare):  # comparisons do not chain: both sides are sums
+        return f"{_paren(e.left, 1)} {e.op} {_paren(e.right, 1)}"
+    if isinstance(e, ast.BoolOp):  # left-associative
+        p = _PREC[e.op]
+        return f"{_paren(e.left, p)} {e.op} {_paren(e.right, p + 1)}"
+    if isinstance(e, ast.Not):
+        return f"not {_paren(e.operand, _NOT)}"
     if isinstance(e, ast.Call):
         return f"{e.func.name}({', '.join(arg(a) for a in e.args)})"
-    if isinstance(e, ast.Compare):  # comparisons do not chain: both sides are sums
-        left, right = expr(e.left), expr(e.right)
-        left = f"({left})" if _prec(e.left) <= 0 else left
-        right = f"({right})" if _prec(e.right) <= 0 else right
-        return f"{left} {e.op} {right}"
-    if isinstance(e, ast.Not):
-        inner = expr(e.operand)
-        return f"not ({inner})" if _prec(e.operand) < -1 else f"not {inner}"
-    if isinstance(e, ast.BoolOp):
-        p = _prec(e)
-        left, right = expr(e.left), expr(e.right)
-        left = f"({left})" if _prec(e.left) < p else left
-        right = f"({right})" if _prec(e.right) <= p else right
-        return f"{left} {e.op} {right}"
     raise TypeError(f"not an expression: {e!r}")  # pragma: no cover
 
 
@@ -149,9 +148,10 @@ class _Printer:
                 self.lines.append("")
             if isinstance(item, ast.Objective):
                 header = f"objective {item.name.name}"
-                if item.parent is not None:
-                    parent = item.parent
-                    header += f" extends {expr(parent) if isinstance(parent, ast.Str) else parent.name}"
+                if isinstance(item.parent, ast.Str):
+                    header += f' extends "{item.parent.value}"'
+                elif item.parent is not None:
+                    header += f" extends {item.parent.name}"
                 self.block(header, item, [(clause(c), c) for c in item.clauses])
             elif isinstance(item, ast.Train):
                 self.block("train", item, [(clause(c), c) for c in item.clauses])

@@ -169,7 +169,8 @@ def _step_body(s: ir.XSched) -> tuple[list[str], str]:
         return head + [
             f"up = float({literal(float(o['pct_start']))} * total) - 1  # the last step of the rise",
             "if i <= up:",
-            f"    start, stop, pct = {literal(mx / div)}, {literal(mx)}, i / up",
+            # up is 0 when pct_start * total is 1: the rise is the first step alone (torch divides by 0)
+            f"    start, stop, pct = {literal(mx / div)}, {literal(mx)}, i / up if up > 0 else 1.0",
             "else:",
             f"    start, stop, pct = {literal(mx)}, {literal(mx / div / final)}, (i - up) / (total - 1 - up)",
             f"return {anneal}",
@@ -289,6 +290,8 @@ _FINAL = {
     ("grad_norm", ("inf",)): ("grad_norm_inf", "grad_norm(final_grad, math.inf)"),
     ("fosc", ()): ("fosc", "fosc(final_grad, x_adv - x, {eps}, NORM)"),
 }
+# FOSC is >= 0 inside the ball; at the box's corners float rounding can put it a hair below (about 3
+# samples in 10,000 in float32), which a weight would report as negative: clamped, as in the formula
 # at the current iterate (stop rules), inside the attack loop: name -> code
 _ITERATE = {
     ("margin", ()): "m",

@@ -181,12 +181,17 @@ class _TooDeep(Exception):
         self.span = span
 
 
+_STARTS = ["start", "expr_start", "clause_start", "eval_start"]
+
+
 @functools.cache
-def _parser(start: str) -> Lark:
+def _parser() -> Lark:
+    """One LALR parser for the four entry points: building the tables is most of what `advc
+    check` spends before it reads a spec, so it is done once."""
     return Lark(
         _grammar_text(),
         parser="lalr",
-        start=start,
+        start=_STARTS,
         propagate_positions=True,
         maybe_placeholders=True,
     )
@@ -271,11 +276,11 @@ def decode(data: bytes, file: str) -> str:
 
 
 def _run(text: str, file: str, start: str):
-    parser = _parser(start)
+    parser = _parser()
     builder = _Builder(file)
     sources = Sources({file: text})
     try:
-        tree = parser.parse(text)
+        tree = parser.parse(text, start=start)
         result = builder.transform(tree)
     except LarkError as exc:
         inner = getattr(exc, "orig_exc", None)

@@ -14,9 +14,10 @@ import math
 from dataclasses import dataclass, replace
 
 from . import ast, ir
-from .check import Checker, Scope, builtin_names, show
+from .check import PROGRESS_HINT, PROGRESS_NEEDS_TRAIN, Checker, Scope, builtin_names, show
 from .diagnostics import Reporter, Span, did_you_mean, one_of, render_one
 from .fmt import expr as expr_text
+from .identity import etext
 from .resolve import Resolved
 from .vocabulary import Param, fixed
 from .vocabulary.clauses import (
@@ -74,6 +75,7 @@ class Builder:
         self.check = Checker(report, dict(SETTING_KEYS))
         self.pending: dict[str, _Pending] = {}
         self.settled: dict[str, ir.Setting] = {}
+        self.has_train = True  # False for an objective alone: no epochs, so no `progress`
 
     def error(self, message: str, span, hint: str | None = None) -> None:
         self.report.error(message, span, hint)
@@ -164,7 +166,7 @@ class Builder:
         ``steps`` there is each sample's step count (a per-sample quantity); the attack's is ``K``.
         """
         scalars = {n for n, k in SETTING_KEYS.items() if k in self.pending} | set(SCALARS)
-        return Scope(where, set(bindings), scalars - {"steps"}, **kw)
+        return Scope(where, set(bindings), scalars - {"steps"}, progress=self.has_train, **kw)
 
 
 # --- the sections ---------------------------------------------------------------------------
@@ -491,7 +493,7 @@ def settle(b: Builder, epochs: int | None) -> bool:
                         f"'{p.name}' refers to it; set it, or write the number")
                 ok = False
             if isinstance(node, ir.XVar) and node.name == "progress" and epochs is None:
-                b.error("'progress' needs a train block (epochs)", p.span)
+                b.error(PROGRESS_NEEDS_TRAIN, p.span, PROGRESS_HINT)
                 ok = False
     if not ok:
         return False
@@ -535,11 +537,17 @@ def settle(b: Builder, epochs: int | None) -> bool:
             b.error("a per-step schedule is a whole value, not part of an expression", p.span,
                     f"give '{p.name}' the schedule alone, or refer to a setting that follows it")
             ok = False
-        if per_step[key] and key not in PER_STEP:
+        elif per_step[key] and key not in PER_STEP:
             lr_ref = any(isinstance(n, ir.XRef) and per_step[n.key] for n in nodes)
             b.error("only the learning rate and momentum can change at every step" if not lr_ref
                     else f"'{p.name}' uses the learning rate, which changes at every step", p.span,
                     "give this setting an epoch schedule" if not lr_ref else "write the number")
+            ok = False
+        elif per_step[key] and key == "train.lr" and not isinstance(p.x, ir.XSched):
+            # the generated lr_at(epoch, step, steps_per_epoch) is the schedule's own formula (a
+            # momentum may still follow it: momentum = 0.9 - 0.5 * lr is computed from lr_at's value)
+            b.error("a per-step schedule must be the whole learning rate, not part of an expression", p.span,
+                    "put the numbers inside it, e.g. lr = onecycle(max = 0.2)")
             ok = False
         if varies[key] and not p.param.varies:
             b.error(f"'{p.name}' is one value for the whole run; it cannot follow a schedule or the epoch", p.span)
@@ -640,10 +648,16 @@ def _ranges(b: Builder, p: _Pending, values: _Values, epochs: int | None, varies
         extremes = ([o["max"] / o["div"] / o["final_div"], o["max"]] if sched.kind == "onecycle"
                     else [o["min"], o["max"]] if sched.kind == "cyclic" else [v for _, v in sched.points])
         if p.x is sched:  # the rate is the schedule itself: its extremes are its range
+            # it may touch the bound at a step (a warm-up from 0, the end of a cycle), not stay there
+            touch = p.param.touching() if sched.kind != "piecewise" else p.param
             for v in extremes:
-                if v is not None and p.param.violated(v):
-                    b.error(f"'{p.name}' must be {p.param.range_text()}, got {show(v)} during the run", p.span)
+                if v is not None and touch.violated(v):
+                    b.error(f"'{p.name}' must be {touch.range_text()}, got {show(v)} during the run", p.span)
                     return None
+            if p.param.violated(max(extremes)):
+                b.error(f"'{p.name}' must be {p.param.range_text()} at some step, got {show(max(extremes))} "
+                        "at every step", p.span)
+                return None
             return min(extremes), max(extremes)
     seen = []
     for epoch in checks:
@@ -702,8 +716,9 @@ def _types_ok(b: Builder, e: ir.E, node) -> bool:
         if isinstance(n, (ir.EBool, ir.ENot)):
             parts = [n.left, n.right] if isinstance(n, ir.EBool) else [n.operand]
             if any(_kind(x) != "bool" for x in parts):
-                b.error(f"'{n.op if isinstance(n, ir.EBool) else 'not'}' joins conditions, not numbers",
-                        getattr(node, "span", None), "compare the number first, e.g. margin > 0")
+                what = f"'{n.op}' joins" if isinstance(n, ir.EBool) else "'not' negates"
+                b.error(f"{what} conditions, not numbers", getattr(node, "span", None),
+                        "compare the number first, e.g. margin > 0")
                 return False
         elif isinstance(n, (ir.EBin, ir.ECmp, ir.EFunc, ir.ENeg)):
             parts = [n.left, n.right] if isinstance(n, (ir.EBin, ir.ECmp)) else (
@@ -803,6 +818,7 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     norm = _threat(b, c.get("threat"))
     attack = _attack(b, c.get("attack"))
     train = _train(b, merged)
+    b.has_train = train != "absent"
     form = _form(b, c.get("form"))
     perturb = _perturb(b, c.get("perturb"))
     if form is not None and form[0] == "free" and not _free_rules(b, c, norm, attack):
@@ -841,6 +857,12 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
     wtext = expr_text(c["weight"].value) if "weight" in c else "none"
     weight_ir = ir.Weight(wkind, fn, s.get(lam) if lam else None, int(from_value), normalise, wexpr,
                           tuple(s[k] for k in wplain.values()), b.origin(c.get("weight")), wtext)
+    divisions = [(wexpr, wplain, "weight", c.get("weight"), int(from_value)), (stop, fplain, "stop rule", form[2], 0),
+                 (loss[0], loss[1], "loss", c.get("loss"), 0)]  # fmt: skip
+    for e, plain, what, where, start in divisions:
+        span = getattr(getattr(where, "value", where), "span", None)
+        if e is not None and not _divisors_nonzero(b, e, plain, epochs, what, span, start):
+            return None
     if wkind == "expr":
         sign = weight_sign(wexpr, _scalar_ranges(b, values_epochs=epochs))
         if sign == "never":
@@ -892,6 +914,56 @@ def _settled_guard(s: dict, keys, origin) -> ir.Guard | None:
         return None
     return ir.Guard(int(s[keys["steps"]].const), float(s[keys["step_size"]].const), float(s[keys["drop"]].const),
                     origin)
+
+
+def _divisors_nonzero(b: Builder, e: ir.E, plain: dict[str, str], epochs: int | None, what: str, span,
+                      start: int) -> bool:
+    """A weight, loss or stop rule may divide by a number of the spec (``exp(-margin / T)``)
+    only where that number is not 0: checked at every epoch it is computed (a weight from its
+    ``from_epoch``), as the settings are."""
+    values = _Values(b.pending, epochs)
+    names = {n: k for n, k in SETTING_KEYS.items() if k in b.pending} | {"K": "attack.steps", "lambda": "weight.lambda"}
+    names |= plain
+    for node in ir.walk(e):
+        if not (isinstance(node, ir.EBin) and node.op == "/"):
+            continue
+        if any(isinstance(n, (ir.EQty, ir.ETerm)) or (isinstance(n, ir.EVar) and n.name == "weight")
+               for n in ir.walk(node.right)):
+            continue  # a per-sample divisor: its values are known only when it runs
+        checks = [x for x in values.epochs_to_check() if x >= start]
+        for epoch in checks:
+            if _scalar(node.right, epoch, values, names, epochs) == 0:
+                divisor = etext(node.right)
+                at = f" at epoch {epoch}" if any(_scalar(node.right, x, values, names, epochs) != 0 for x in checks) else ""
+                b.error(f"division by zero in the {what}: {divisor} is 0{at}", span,
+                        f"the {what} divides by {divisor}: keep it away from 0")
+                return False
+    return True
+
+
+def _scalar(e: ir.E, epoch: int, values: _Values, names: dict[str, str], epochs: int | None) -> float:
+    """The value at an epoch of an expression of scalars (no per-sample quantity in it)."""
+    if isinstance(e, ir.EConst):
+        return e.value
+    if isinstance(e, ir.EVar):
+        if e.name == "epoch":
+            return epoch
+        if e.name == "progress":
+            return epoch / epochs
+        return values.at(names[e.name], epoch)
+    if isinstance(e, ir.ENeg):
+        return -_scalar(e.operand, epoch, values, names, epochs)
+    if isinstance(e, ir.EBin):
+        a, c = _scalar(e.left, epoch, values, names, epochs), _scalar(e.right, epoch, values, names, epochs)
+        try:
+            return {"+": lambda: a + c, "-": lambda: a - c, "*": lambda: a * c, "/": lambda: a / c,
+                    "^": lambda: float(a) ** float(c)}[e.op]()
+        except (ZeroDivisionError, OverflowError, ValueError):
+            return math.nan
+    try:
+        return _SCALAR_MATH[e.fn](*(_scalar(a, epoch, values, names, epochs) for a in e.args))
+    except (OverflowError, ValueError):
+        return math.nan
 
 
 def _default_evaluate(report: Reporter):

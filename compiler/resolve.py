@@ -181,7 +181,9 @@ class Resolver:
         for folder, _ in places:
             known |= {p.stem for p in _glob(folder)}
         known.discard(Path(spec.file).stem)
-        searched = ", ".join(how for _, how in places)
+        # the folders a user chose are named, so a mistyped --spec-path or $ADVC_PATH shows
+        searched = ", ".join(how if how in ("the spec's folder", "advc's packaged specs") else f"{folder} ({how})"
+                             for folder, how in places)
         self.report.error(f"unknown parent objective '{name}'", parent.span,
                           did_you_mean(name, known) or f"no {name}.adv in {searched}")
         return None

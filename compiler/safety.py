@@ -63,7 +63,7 @@ ATTRIBUTES = {
     "x_train", "y_train", "x_test", "y_test", "in_channels", "num_classes", "image_size", "name",
     "set_epoch", "progress", "start", "resume", "save", "evaluate", "close", "dir", "epoch_seconds",
     "record", "add", "parse", "check", "epochs", "cpu", "out", "trust_code", "eval_batch", "data_root", "download",
-    "perturbation", "collapsed", "perturb", "restore", "sign", "zeros_like", "grad",
+    "perturbation", "collapsed", "perturb", "restore", "sign", "zeros_like",
 }  # fmt: skip
 
 

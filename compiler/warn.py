@@ -66,8 +66,8 @@ def warn_program(b, program: ir.Program, merged) -> None:
             final = next((n.points[-1][1] for n in ir.xwalk(eps.x) if isinstance(n, ir.XSched) and n.points), top)
             if at_end < max(top, final):
                 report.warn("eval-eps-not-final",
-                            f"evaluation runs at eps = {show(at_end)} (its value at the last epoch, {last}), below "
-                            f"the {show(max(top, final))} the schedule reaches", eps.span,
+                            f"evaluation runs at eps = {short(at_end)} (its value at the last epoch, {last}), below "
+                            f"the {short(max(top, final))} the schedule reaches", eps.span,
                             "train until the schedule ends, or evaluate with pgd(eps = ...)")
     w = program.weight
     if w.kind == "expr" and not ir.quantities(w.expr) and w.normalise != "none":
@@ -75,13 +75,22 @@ def warn_program(b, program: ir.Program, merged) -> None:
                     f"the weight {w.text} is the same for every sample: normalised to mean 1 it is 1 everywhere",
                     _span(program, w.origin), "use per-sample quantities (kappa, margin, pm, ...) or normalise = none")
     top_eps = max((values.at("threat.eps", e) for e in values.epochs_to_check()), default=None)
-    for attack in program.evaluate:
+    items = list(merged.evaluate.attacks) if merged.evaluate is not None else []
+    for i, attack in enumerate(program.evaluate):
         e = dict(attack.params).get("eps")
         if e is not None and top_eps and e > EVAL_EPS_FACTOR * top_eps:
-            span = merged.evaluate.span if merged.evaluate is not None else None
+            # the attack itself when the evaluate block lists it (evaluation_list keeps their order)
+            span = getattr(items[i], "span", None) if i < len(items) else None
+            span = span or (merged.evaluate.span if merged.evaluate is not None else None)
             report.warn("eval-eps-large",
                         f"{attack.label} evaluates at {e / top_eps:.3g} times the largest training eps "
-                        f"({show(top_eps)})", span, "intended for a robustness curve? then silence this warning")
+                        f"({short(top_eps)})", span, "intended for a robustness curve? then silence this warning")
+
+
+def short(v: float) -> str:
+    """A value for a warning, to four digits: 0.02, not 0.019999999999999997 (a warning says
+    where to look; an error that a bound is crossed keeps every digit, through check.show)."""
+    return f"{v:.4g}"
 
 
 def _span(program: ir.Program, origin: ir.Origin | None) -> Span | None:

@@ -127,11 +127,13 @@ def fosc(grad: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torc
     """Dynamic AT's first-order stationarity condition of each sample, eps * ||g||_* - <delta, g>,
     with ||.||_* the dual norm of the threat's (L1 for L-inf, L2 for L2) and delta = x' - x.
 
-    It is >= 0 inside the ball and 0 exactly at a first-order maximum of the attack loss.
+    It is >= 0 inside the ball and 0 exactly at a first-order maximum of the attack loss; float32
+    rounding at the box's corners can put it a hair below 0, clamped here (a weight reading it
+    must never be negative).
     """
     g, d = grad.flatten(1), delta.flatten(1)
     dual = g.abs().sum(dim=1) if norm == "linf" else g.norm(p=2, dim=1)
-    return eps * dual - (d * g).sum(dim=1)
+    return (eps * dual - (d * g).sum(dim=1)).clamp(min=0.0)
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ Nothing here imports torch, so ``advc check`` stays fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class Param:
         if self.hi is not None:
             parts.append(f"{'<' if self.hi_strict else '<='} {fmt_num(self.hi)}")
         return " and ".join(parts)
+
+    def touching(self) -> Param:
+        """The same range with its bounds allowed: what a per-step schedule may reach at single
+        steps (a learning rate > 0 may start a warm-up at 0 or end a cycle there)."""
+        return replace(self, lo_strict=False, hi_strict=False)
 
     def violated(self, v: float) -> bool:
         lo_bad = self.lo is not None and (v <= self.lo if self.lo_strict else v < self.lo)

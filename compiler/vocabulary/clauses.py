@@ -73,18 +73,18 @@ WEIGHT_SPECIAL = {k: HEADS["weight"]["gair"][k] for k in ("lambda", "from_epoch"
 
 OPTIMIZERS: dict[str, dict[str, Param]] = {
     "sgd": {
-        "lr": Param("num", required=True, lo=0),  # 0 at some steps (a warm-up), > 0 at others
+        "lr": Param("num", required=True, lo=0, lo_strict=True),  # per step it may touch 0 (a warm-up)
         # momentum may follow the learning rate (CyclicLR's cycle_momentum: momentum = 0.9 - 0.5 * lr)
         "momentum": Param("num", default=0.9, lo=0, hi=1, hi_strict=True),
         "weight_decay": fixed("num", default=0, lo=0),
         "nesterov": fixed("bool", default=False),
     },
     "adam": {
-        "lr": Param("num", required=True, lo=0),
+        "lr": Param("num", required=True, lo=0, lo_strict=True),
         "weight_decay": fixed("num", default=0, lo=0),
     },
     "adamw": {
-        "lr": Param("num", required=True, lo=0),
+        "lr": Param("num", required=True, lo=0, lo_strict=True),
         "weight_decay": fixed("num", default=0.01, lo=0),
     },
 }

@@ -68,7 +68,8 @@ QUANTITIES: dict[str, Quantity] = {
     "grad_norm": Quantity((("1",), ("2",), ("inf",)), "grad",
                           "||g||_p of g = the gradient of the attack loss with respect to the input at x'"),
     "fosc": Quantity(((),), "grad", "first-order stationarity (Dynamic AT): eps * ||g||_1 - <x' - x, g> "
-                                    "(L-inf; eps * ||g||_2 - <x' - x, g> for L2)"),
+                                    "(L-inf; eps * ||g||_2 - <x' - x, g> for L2), >= 0 in the ball "
+                                    "(rounding below 0 is clamped)"),
 }  # fmt: skip
 
 # scalars every expression may read besides settings and bindings

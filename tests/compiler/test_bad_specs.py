@@ -12,6 +12,7 @@ temporary folder) and, all at once, through the real ``advc check`` command line
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,7 @@ class Bad:
     files: dict[str, str] = field(default_factory=dict)  # neighbours of the spec (extends)
     file: str = "bad.adv"  # the spec's own file name
     caret: bool = True  # False where there is no line worth quoting (a 4 MiB file)
+    mentions: tuple[str, ...] = ()  # paths the message names, relative to the spec's folder
 
     def source(self) -> str | bytes:
         if isinstance(self.text, bytes):
@@ -400,7 +402,7 @@ SCHEDULES = [
     Bad("schedule_without_epochs", obj("threat linf(eps = piecewise(0.01, 0.03))"),
         "bad.adv:2:34: error: piecewise(...) takes 'epoch: value' pairs", 'e.g. piecewise(0: 0.1, 60: 0.01)'),
     Bad("fractional_epoch", obj("threat linf(eps = cosine(0: 0.01, 2.5: 0.03))"),
-        "bad.adv:2:40: error: a schedule's epochs are whole numbers >= 0", None),
+        "bad.adv:2:40: error: a schedule's epochs are whole numbers >= 0", "a fraction of an epoch needs every = step"),
     Bad("empty_schedule", obj("threat linf(eps = piecewise())"),
         "bad.adv:2:24: error: piecewise(...) needs at least one 'epoch: value' pair", None),
 ]
@@ -541,7 +543,218 @@ BYTES = [
         "a spec is a few KB; is this the right file?"),
 ]
 
-CASES = SYNTAX + UNKNOWN + RANGES + TYPES + SCHEDULES + EXPRESSIONS + STRUCTURE + OVERRIDES + BYTES
+# --- numbers as expressions of settings, schedules, epoch and progress (issue #14) ------------
+
+
+def train_with(optim: str) -> str:
+    """TRAIN with another optimiser line (line 11 of a spec built by obj())."""
+    return TRAIN.replace("sgd(lr = 0.1)", optim)
+
+
+NUMBERS = [
+    Bad("cycle_of_two_settings", obj("threat linf(eps = step_size * 4)", "attack pgd(steps = 10, step_size = eps / 4)"),
+        "bad.adv:2:24: error: settings refer to each other: eps -> step_size -> eps", "one of them must be a number"),
+    Bad("cycle_of_three_settings",
+        obj("threat linf(eps = noise * 100)", "attack pgd(steps = 10, step_size = eps / 4, noise = step_size / 10)"),
+        "bad.adv:2:24: error: settings refer to each other: eps -> noise -> step_size -> eps",
+        "one of them must be a number"),
+    Bad("setting_refers_to_itself", obj("attack pgd(steps = 10, step_size = step_size / 2)"),
+        "bad.adv:3:41: error: settings refer to each other: step_size -> step_size", "one of them must be a number"),
+    Bad("unknown_name_in_a_number", obj("attack pgd(steps = 10, step_size = esp / 4)"),
+        "bad.adv:3:41: error: unknown name 'esp' in 'step_size'", "did you mean 'eps'?"),
+    Bad("unknown_name_in_a_binding", obj("loss ce(nat) + beta * kl(nat, adv) where beta = bta"),
+        "bad.adv:4:56: error: unknown name 'bta' in 'beta'", "did you mean 'beta'?"),
+    Bad("setting_the_spec_does_not_have", obj("attack pgd(steps = 10, step_size = tau / 40)"),
+        "bad.adv:3:41: error: 'tau' is not set in this spec", "'step_size' refers to it; set it, or write the number"),
+    Bad("fixed_parameter_follows_the_epoch",
+        obj("attack pgd(steps = 10, step_size = 2/255, init = normal, init_scale = epoch / 1000)"),
+        "bad.adv:3:76: error: 'init_scale' is one value for the whole run; it cannot follow the epoch", None),
+    Bad("fixed_parameter_follows_a_scheduled_setting",
+        obj("attack pgd(steps = piecewise(0: 5, 3: 10), step_size = 2/255, init = normal, init_scale = steps / 1000)"),
+        "bad.adv:3:96: error: 'init_scale' is one value for the whole run; it cannot follow a schedule or the epoch",
+        None),
+    Bad("from_epoch_follows_the_epoch", obj("weight exp(-margin) where from_epoch = epoch", "loss ce(adv) * weight"),
+        "bad.adv:4:45: error: 'from_epoch' is one value for the whole run; it cannot follow the epoch", None),
+    Bad("momentum_schedule_reaching_one", obj() + train_with("sgd(lr = 0.1, momentum = linear(0: 0.5, 4: 1))"),
+        "bad.adv:11:38: error: 'momentum' must be >= 0 and < 1, got 1 at epoch 4", None, train=False),
+    Bad("progress_without_a_train_block", obj("threat linf(eps = progress * 8/255)"),
+        "bad.adv:2:24: error: 'progress' needs a train block (epochs)",
+        "progress is epoch / epochs: add a train block, or write the epoch", train=False),
+    Bad("progress_in_a_weight_without_a_train_block",
+        obj("weight exp(-progress * kappa / K)", "loss ce(adv) * weight"),
+        "bad.adv:4:18: error: 'progress' needs a train block (epochs)",
+        "progress is epoch / epochs: add a train block, or write the epoch", train=False),
+    Bad("steps_not_whole_at_an_epoch", obj("attack pgd(steps = 1 + epoch / 2, step_size = 2/255)"),
+        "bad.adv:3:25: error: 'steps' must be a whole number, got 1.5 at epoch 1", None),
+    Bad("step_size_zero_where_eps_is_not",
+        obj("threat linf(eps = linear(0: 0.01, 4: 0.03))", "attack pgd(steps = 10, step_size = linear(0: 0, 4: 0.01))"),
+        "bad.adv:3:41: error: 'step_size' must be > 0 where eps is, got 0 at epoch 0 (eps 0.01)", None),
+    Bad("eps_zero_at_every_epoch", obj("threat linf(eps = linear(0: 0, 4: 0))"),
+        "bad.adv:2:24: error: 'eps' must be > 0, got 0 at every epoch", None),
+    Bad("linf_eps_above_one", obj("threat linf(eps = 2)"),
+        "bad.adv:2:24: error: 'eps' must be >= 0 and <= 1, got 2", None),
+    Bad("linf_eps_above_one_at_an_epoch", obj("threat linf(eps = 0.5 + epoch / 4)"),
+        "bad.adv:2:24: error: 'eps' must be >= 0 and <= 1, got 1.25 at epoch 3", None),
+    Bad("linf_eps_schedule_point_above_one", obj("threat linf(eps = linear(0: 0.1, 4: 1.5))"),
+        "bad.adv:2:42: error: 'eps' must be >= 0 and <= 1, got 1.5", None),
+    Bad("setting_without_a_finite_value", obj("attack pgd(steps = 10, step_size = 0.01 / (epoch - 2) ^ 2)"),
+        "bad.adv:3:41: error: 'step_size' has no finite value at epoch 2", "check for a division by zero or a log of 0"),
+]
+
+# --- learning rates per step ---------------------------------------------------------------------
+
+PER_STEP = [
+    Bad("every_step_outside_the_learning_rate",
+        obj("attack pgd(steps = 10, step_size = linear(0: 0.01, 5: 0.02, every = step))"),
+        "bad.adv:3:41: error: only the learning rate and momentum can change at every step", "give this setting an epoch schedule"),
+    Bad("onecycle_outside_the_learning_rate", obj("threat linf(eps = onecycle(max = 0.1))"),
+        "bad.adv:2:24: error: only the learning rate and momentum can change at every step", "give this setting an epoch schedule"),
+    Bad("setting_refers_to_the_per_step_learning_rate",
+        obj("attack pgd(steps = 10, step_size = lr / 10)") + train_with("sgd(lr = onecycle(max = 0.2))"),
+        "bad.adv:3:41: error: 'step_size' uses the learning rate, which changes at every step", "write the number",
+        train=False),
+    Bad("per_step_schedule_inside_an_expression", obj() + train_with("sgd(lr = 2 * onecycle(max = 0.1))"),
+        "bad.adv:11:22: error: a per-step schedule is a whole value, not part of an expression",
+        "give 'lr' the schedule alone, or refer to a setting that follows it", train=False),
+    Bad("per_step_rate_zero_at_every_step", obj() + train_with("sgd(lr = linear(0: 0, 4: 0, every = step))"),
+        "bad.adv:11:22: error: 'lr' must be > 0 at some step, got 0 at every step", None, train=False),
+    Bad("epoch_rate_zero_at_the_first_epoch", obj() + train_with("sgd(lr = linear(0: 0, 4: 0.2))"),
+        "bad.adv:11:22: error: 'lr' must be > 0, got 0 at epoch 0", None, train=False),
+    Bad("every_misspelt", obj() + train_with("sgd(lr = linear(0: 0.1, 4: 0.01, every = epochs))"),
+        "bad.adv:11:54: error: 'every' is epoch or step", None, train=False),
+    Bad("onecycle_unknown_parameter", obj() + train_with("sgd(lr = onecycle(max = 0.2, pct = 0.3))"),
+        "bad.adv:11:42: error: onecycle has no parameter 'pct'",
+        "it takes 'anneal', 'div', 'final_div', 'max' or 'pct_start'", train=False),
+    Bad("cyclic_without_max", obj() + train_with("sgd(lr = cyclic(min = 0.1))"),
+        "bad.adv:11:22: error: cyclic(...) needs 'max'", "add max = ...", train=False),
+]
+
+# --- stop rules and per-sample quantities ----------------------------------------------------
+
+STOP_RULES = [
+    Bad("stop_rule_not_a_condition", obj("form minmin(tau = 0, stop = margin)"),
+        "bad.adv:4:36: error: the stop rule must be a condition", "e.g. stop = margin > 0"),
+    Bad("and_on_a_number", obj("form minmin(tau = 0, stop = margin > 0 and kappa)"),
+        "bad.adv:4:36: error: 'and' joins conditions, not numbers", "compare the number first, e.g. margin > 0"),
+    Bad("or_on_a_number", obj("form minmin(tau = 0, stop = steps or margin > 0)"),
+        "bad.adv:4:36: error: 'or' joins conditions, not numbers", "compare the number first, e.g. margin > 0"),
+    Bad("not_on_a_number", obj("form minmin(tau = 0, stop = not margin)"),
+        "bad.adv:4:36: error: 'not' negates conditions, not numbers", "compare the number first, e.g. margin > 0"),
+    Bad("condition_used_as_a_number", obj("form minmin(tau = 0, stop = (margin > 0) + 1 > 0)"),
+        "bad.adv:4:36: error: a condition cannot be used as a number", "conditions only join with and, or, not"),
+    Bad("weight_a_condition", obj("weight margin > 0", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: a weight is a number, not a condition", None),
+    Bad("stop_binding_never_used", obj("form minmin(tau = 0, stop = fosc <= c) where c = 0.1, d = 2"),
+        "bad.adv:4:62: error: 'd' is bound but the expression never uses it", "remove it, or use it in the expression"),
+    Bad("where_on_minmax", obj("form minmax where c = 1"),
+        "bad.adv:4:26: error: form minmax takes no 'where' bindings", "bindings belong to a stop rule"),
+    Bad("stop_rule_with_a_loss_term", obj("form minmin(stop = ce(adv) > 1)"),
+        "bad.adv:4:27: error: 'ce' is a loss term, which only the loss can use",
+        "the stop rule reads per-sample quantities: 'loss' is CE(f(x'), y)"),
+    Bad("stop_rule_divides_by_zero", obj("form minmin(tau = 0, stop = margin / c > 1) where c = 0"),
+        "bad.adv:4:36: error: division by zero in the stop rule: c is 0", "the stop rule divides by c: keep it away from 0"),
+    Bad("unknown_quantity_in_a_stop_rule", obj("form minmin(tau = 0, stop = fossc <= 0.1)"),
+        "bad.adv:4:36: error: unknown variable 'fossc' in stop expression", "did you mean 'fosc'?"),
+    Bad("unknown_quantity_in_a_weight", obj("weight exp(-margn)", "loss ce(adv) * weight"),
+        "bad.adv:4:18: error: unknown variable 'margn' in weight expression", "did you mean 'margin'?"),
+    Bad("quantity_in_the_loss", obj("loss ce(adv) * exp(-margin)"),
+        "bad.adv:4:28: error: the loss cannot read the per-sample quantity 'margin'",
+        "read it in the weight and multiply: weight ... margin ..., loss ce(adv) * weight"),
+    Bad("quantity_call_in_the_loss", obj("loss ce(adv) * grad_norm(2)"),
+        "bad.adv:4:23: error: the loss cannot read the per-sample quantity 'grad_norm'",
+        "read it in the weight and multiply: weight ... grad_norm ..., loss ce(adv) * weight"),
+    Bad("grad_norm_of_an_unknown_order", obj("form minmin(tau = 0, stop = grad_norm(3) > 1)"),
+        "bad.adv:4:36: error: grad_norm(3) is not a per-sample quantity",
+        "write grad_norm(1) or grad_norm(2) or grad_norm(inf)"),
+    Bad("prob_of_an_unknown_point", obj("weight prob(x)", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: prob(x) is not a per-sample quantity", "write prob(adv) or prob(nat)"),
+    Bad("quantity_without_its_arguments", obj("form minmin(tau = 0, stop = prob > 0.5)"),
+        "bad.adv:4:36: error: 'prob' is a per-sample quantity and needs arguments", "e.g. prob(adv)"),
+    Bad("quantity_given_arguments", obj("weight exp(-margin(adv))", "loss ce(adv) * weight"),
+        "bad.adv:4:18: error: 'margin' takes no arguments", "write margin"),
+]
+
+# --- weights: normalisation and sign ------------------------------------------------------------
+
+WEIGHTS = [
+    Bad("normalise_misspelt", obj("weight exp(-margin) where normalise = summ", "loss ce(adv) * weight"),
+        "bad.adv:4:44: error: unknown normalise 'summ'", "did you mean 'sum'?"),
+    Bad("normalise_misspelt_in_gair", obj("weight gair(normalise = means)", "loss ce(adv) * weight"),
+        "bad.adv:4:30: error: unknown normalise 'means'", "did you mean 'mean'?"),
+    Bad("normalise_a_number", obj("weight exp(-margin) where normalise = 1", "loss ce(adv) * weight"),
+        "bad.adv:4:44: error: 'normalise' must be one of 'mean', 'none' or 'sum'", None),
+    Bad("weight_zero", obj("weight 0", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: weight 0 makes every sample weigh nothing", "use weight none for no weighting"),
+    Bad("weight_never_positive", obj("weight -1 - kappa", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: the weight -1 - kappa is never positive", "instance weights must be >= 0 and not all zero"),
+    Bad("weight_never_positive_exp", obj("weight -exp(margin)", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: the weight -exp(margin) is never positive",
+        "instance weights must be >= 0 and not all zero"),
+    Bad("weight_zero_times_a_quantity", obj("weight 0 * kappa", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: the weight 0 * kappa is never positive", "instance weights must be >= 0 and not all zero"),
+    Bad("weight_divides_by_a_zero_binding", obj("weight exp(-margin / T) where T = 0", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: division by zero in the weight: T is 0", "the weight divides by T: keep it away from 0"),
+    Bad("weight_divides_by_zero_at_an_epoch",
+        obj("weight exp(-margin / T) where T = linear(0: 1, 4: -1)", "loss ce(adv) * weight"),
+        "bad.adv:4:13: error: division by zero in the weight: T is 0 at epoch 2",
+        "the weight divides by T: keep it away from 0"),
+    Bad("loss_divides_by_zero", obj("loss ce(adv) / beta where beta = 0"),
+        "bad.adv:4:13: error: division by zero in the loss: beta is 0", "the loss divides by beta: keep it away from 0"),
+]
+
+# --- extends: missing parents -------------------------------------------------------------------
+
+EXTENDS = [
+    Bad("extends_a_name_found_nowhere", child_of("nothere"),
+        "bad.adv:1:21: error: unknown parent objective 'nothere'",
+        "no nothere.adv in the spec's folder, advc's packaged specs"),
+    Bad("extends_a_missing_file", obj().replace("objective a {", 'objective a extends "lib/base.adv" {'),
+        "bad.adv:1:21: error: no spec file lib/base.adv", "the path is relative to this spec's folder",
+        mentions=("lib/base.adv",)),
+    Bad("extends_a_file_without_objective", obj().replace("objective a {", 'objective a extends "empty.adv" {'),
+        "bad.adv:1:21: error: empty.adv defines no objective", None, files={"empty.adv": "# nothing yet\n"}),
+]
+
+# --- whole-clause overrides: the caret points into the --set text --------------------------------
+
+WEIGHTED = obj("weight exp(-margin / T) where T = 2", "loss ce(adv) * weight")
+CLAUSE_OVERRIDES = [
+    Bad("override_weight_unknown_variable", WEIGHTED,
+        "--set#1:1:13: error: unknown variable 'margni' in weight expression", "did you mean 'margin'?",
+        overrides=("weight=exp(-margni / T) where T = 2",)),
+    Bad("override_weight_bound_twice", WEIGHTED, "--set#1:1:38: error: 'T' is bound twice", None,
+        overrides=("weight=exp(-margin / T) where T = 2, T = 3",)),
+    Bad("override_weight_binding_unused", WEIGHTED,
+        "--set#1:1:27: error: 'T' is bound but the expression never uses it", "remove it, or use it in the expression",
+        overrides=("weight=exp(-margin) where T = 2",)),
+    Bad("override_weight_binding_without_value", WEIGHTED, "--set#1:1:32: error: unexpected end of file",
+        "expected '='", overrides=("weight=exp(-margin / T) where T",)),
+    Bad("override_weight_never_positive", WEIGHTED, "--set#1:1:8: error: the weight -exp(margin) is never positive",
+        "instance weights must be >= 0 and not all zero", overrides=("weight=-exp(margin)",)),
+    Bad("override_weight_binding_zero", WEIGHTED, "bad.adv:4:13: error: division by zero in the weight: T is 0",
+        "the weight divides by T: keep it away from 0", overrides=("weight.T=0",)),
+    Bad("override_weight_normalise_misspelt", WEIGHTED, "--set#1:1:39: error: unknown normalise 'summ'",
+        "did you mean 'sum'?", overrides=("weight=exp(-margin) where normalise = summ",)),
+    Bad("override_form_stop_not_a_condition", obj(), "--set#1:1:29: error: the stop rule must be a condition",
+        "e.g. stop = margin > 0", overrides=("form=minmin(tau = 0, stop = margin)",)),
+    Bad("override_evaluate_unknown_parameter", obj(), "--set#1:1:22: error: pgd has no parameter 'stepz'",
+        "did you mean 'steps'?", overrides=("evaluate=natural pgd(stepz = 20)",)),
+    Bad("override_evaluate_unknown_attack", obj(), "--set#1:1:18: error: unknown evaluation attack 'pgdd'",
+        "did you mean 'pgd'?", overrides=("evaluate=natural pgdd(steps = 20)",)),
+    Bad("override_train_data_unknown_parameter", obj(), "--set#1:1:19: error: digits has no parameter 'tset'",
+        "did you mean 'test'?", overrides=("train.data=digits(tset = 0.25)",)),
+    Bad("override_train_data_out_of_range", obj(), "--set#1:1:26: error: 'test' must be > 0 and < 1, got 1.5", None,
+        overrides=("train.data=digits(test = 1.5)",)),
+    Bad("override_lr_per_step_inside_an_expression", obj(),
+        "--set#1:1:22: error: a per-step schedule is a whole value, not part of an expression",
+        "give 'lr' the schedule alone, or refer to a setting that follows it",
+        overrides=("train.optim=sgd(lr = 2 * cyclic(max = 0.2))",)),
+    Bad("override_makes_a_cycle", obj(), "--set#1:1:12: error: settings refer to each other: eps -> step_size -> eps",
+        "one of them must be a number", overrides=("threat.eps=step_size * 4", "attack.step_size=eps / 4")),
+]
+
+CASES = (SYNTAX + UNKNOWN + RANGES + TYPES + SCHEDULES + EXPRESSIONS + STRUCTURE + OVERRIDES + BYTES + NUMBERS
+         + PER_STEP + STOP_RULES + WEIGHTS + EXTENDS + CLAUSE_OVERRIDES)
 
 
 def _write(case: Bad, folder: Path) -> Path:
@@ -562,6 +775,7 @@ def test_the_corpus_is_large_and_every_case_has_its_own_id():
 def test_bad_spec_gives_the_expected_first_diagnostic(case: Bad, tmp_path, monkeypatch):
     _write(case, tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ADVC_PATH", raising=False)  # the places `extends` searches are the default ones
     with pytest.raises(SpecError) as info:
         check_file(case.file, list(case.overrides) or None)
     diags = info.value.diagnostics
@@ -633,8 +847,10 @@ def _advc() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "advc"]
 
 
-def _run(args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(_advc() + args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+def _run(args, cwd, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "ADVC_PATH"} | (env or {})
+    return subprocess.run(_advc() + args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+                          env=environ)
 
 
 FILE_CASES = [c for c in CASES if not c.overrides]
@@ -650,8 +866,10 @@ def test_cli_reports_every_file_case_with_location_and_caret_and_no_traceback(tm
     lines = done.stderr.splitlines()
     for case in FILE_CASES:
         head = f"{case.id}/{case.expected}"
-        for name in case.files:  # messages name neighbour files by their path too
-            head = head.replace(f" {name} ", f" {case.id}/{name} ")
+        for name in (*case.files, *case.mentions):  # messages name neighbour files by their path too
+            head = head.replace(f" {name} ", f" {case.id}/{name} ").replace(f" {name}\"", f" {case.id}/{name}\"")
+            if head.endswith(f" {name}"):
+                head = head[: -len(name)] + f"{case.id}/{name}"
         assert head in lines, f"{case.id}: {head!r} not in advc's output"
         at = lines.index(head)
         if not case.caret:
@@ -797,3 +1015,167 @@ def test_bad_binding_does_not_hide_an_unknown_variable():
         "unknown variable 'margni' in weight expression",
         "'from_epoch' must be a whole number, got 59.5",
     ]
+
+
+# --- settings that refer to each other: every one of them is shown ---------------------------------
+
+
+def test_a_cycle_is_reported_at_every_setting_on_it():
+    text = obj("threat linf(eps = noise * 100)", "attack pgd(steps = 10, step_size = eps / 4, noise = step_size / 10)")
+    with pytest.raises(SpecError) as info:
+        check_text(text + TRAIN, "bad.adv")
+    rendered = [render_one(d, info.value.sources).splitlines() for d in info.value.diagnostics]
+    cycle = "settings refer to each other: eps -> noise -> step_size -> eps"
+    assert [r[0] for r in rendered] == [f"bad.adv:2:24: error: {cycle}", f"bad.adv:3:41: error: {cycle}",
+                                        f"bad.adv:3:58: error: {cycle}"]
+    carets = [r[2].split("|", 1)[1] for r in rendered]  # under noise * 100, eps / 4 and step_size / 10
+    assert [c.strip().split()[0] for c in carets] == ["^" * len("noise * 100"), "^" * len("eps / 4"),
+                                                      "^" * len("step_size / 10")]
+
+
+def test_an_unknown_parent_names_every_folder_searched(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "env").mkdir()
+    (tmp_path / "bad.adv").write_text(child_of("nothere") + TRAIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADVC_PATH", str(tmp_path / "env"))
+    with pytest.raises(SpecError) as info:
+        check_file("bad.adv", spec_path=[str(tmp_path / "lib")])
+    diag = info.value.diagnostics[0]
+    assert diag.message == "unknown parent objective 'nothere'"
+    assert diag.hint == (f"no nothere.adv in the spec's folder, {tmp_path / 'lib'} (--spec-path), "
+                         f"{tmp_path / 'env'} ($ADVC_PATH), advc's packaged specs")
+
+
+# --- warnings: one spec per code, the exact line, --allow and --strict -------------------------------
+
+WARNINGS = {
+    "unreachable-schedule": (
+        obj("form minmin(tau = piecewise(0: 0, 3: 1, 8: 2))") + TRAIN,
+        "w.adv:4:26: warning[unreachable-schedule]: 'tau' changes at epoch 8, but the run has 5 epochs (0 to 4): "
+        "that piece never takes effect", "shorten the schedule or train longer"),
+    "weights-never-start": (
+        obj("weight gair(fn = tanh, from_epoch = 5)", "loss ce(adv) * weight") + TRAIN,
+        "w.adv:4:5: warning[weights-never-start]: weights start at epoch 5, but the run ends at epoch 4: every "
+        "weight stays 1", "lower from_epoch or train longer"),
+    "constant-weight": (
+        obj("weight 1 + epoch", "loss ce(adv) * weight") + TRAIN,
+        "w.adv:4:5: warning[constant-weight]: the weight 1 + epoch is the same for every sample: normalised to "
+        "mean 1 it is 1 everywhere", "use per-sample quantities (kappa, margin, pm, ...) or normalise = none"),
+    "eval-eps-not-final": (
+        obj("threat linf(eps = linear(0: 0.01, 5: 0.03))") + TRAIN,
+        "w.adv:2:24: warning[eval-eps-not-final]: evaluation runs at eps = 0.026 (its value at the last epoch, 4), "
+        "below the 0.03 the schedule reaches", "train until the schedule ends, or evaluate with pgd(eps = ...)"),
+    "eval-eps-large": (
+        obj() + TRAIN + "\nevaluate {\n    natural\n    pgd(eps = 0.2)\n}\n",
+        "w.adv:16:5: warning[eval-eps-large]: PGD-20 (ε=0.2) evaluates at 6.38 times the largest training eps "
+        "(0.03137)", "intended for a robustness curve? then silence this warning"),
+    "shadowed-binding": (
+        obj("loss ce(nat) + momentum * kl(nat, adv) where momentum = 6") + TRAIN,
+        "w.adv:4:53: warning[shadowed-binding]: the binding 'momentum' hides the setting of that name in this clause",
+        "rename the binding to use both"),
+    "large-lr": (
+        obj() + train_with("sgd(lr = onecycle(max = 20))"),
+        "w.adv:11:22: warning[large-lr]: a learning rate of 20 rarely trains anything", "typical rates are 0.001 to 0.2"),
+}
+
+
+def test_every_warning_code_has_a_case():
+    from advc.compiler.warn import CODES
+
+    assert set(WARNINGS) == set(CODES)
+
+
+@pytest.mark.parametrize("code", sorted(WARNINGS))
+def test_a_warning_is_one_line_with_its_code_a_caret_and_a_hint(code, tmp_path, monkeypatch):
+    text, first, hint = WARNINGS[code]
+    (tmp_path / "w.adv").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    program = check_file("w.adv")
+    assert [w.code for w in program.warnings] == [code]
+    lines = program.warnings[0].rendered.splitlines()
+    assert lines[0] == first
+    assert "^" in lines[2] and lines[2].endswith(" " + hint)
+
+
+def test_cli_prints_warnings_allow_silences_one_and_strict_fails(tmp_path):
+    for code, (text, _, _) in WARNINGS.items():
+        (tmp_path / f"{code}.adv").write_text(text.replace("w.adv", f"{code}.adv"))
+    files = [f"{code}.adv" for code in sorted(WARNINGS)]
+    done = _run(["check", *files], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{f}: ok (objective a)" for f in files]
+    for code, (_, first, _) in WARNINGS.items():
+        assert first.replace("w.adv", f"{code}.adv") in done.stderr.splitlines()
+
+    for code in sorted(WARNINGS):  # --allow CODE: that warning is gone, the spec is ok
+        done = _run(["check", f"{code}.adv", "--allow", code], tmp_path)
+        assert (done.returncode, done.stderr) == (0, ""), code
+        assert done.stdout == f"{code}.adv: ok (objective a)\n"
+
+    done = _run(["check", *files, "--strict"], tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    for f in files:
+        assert f"{f}: 1 warning(s) with --strict" in done.stderr.splitlines()
+
+    done = _run(["check", files[0], "--strict", "--allow", sorted(WARNINGS)[0]], tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")  # allowed warnings do not count for --strict
+
+
+def test_cli_allow_of_an_unknown_code_is_a_one_line_error(tmp_path):
+    (tmp_path / "a.adv").write_text(obj() + TRAIN)
+    from advc.compiler.warn import CODES
+
+    done = _run(["check", "a.adv", "--allow", "unreachable-schedul"], tmp_path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (f"error: unknown warning 'unreachable-schedul' (--allow) -- hint: warnings: "
+                           f"{', '.join(CODES)}\n")
+
+
+# --- what only the run can know: weights the checker could not prove, a spec without training ---------
+
+
+def test_a_weight_of_unknown_sign_is_checked_where_it_runs():
+    """The checker proves `weight 1 + kappa` positive, cannot prove `margin` (either sign) or
+    `kappa` (0 for every sample is possible): those get a one-line error when they run."""
+    import torch
+
+    from advc.api import CompiledObjective
+    from advc.compiler.codegen import generate
+    from advc.errors import UserError
+
+    def compiled(weight: str) -> CompiledObjective:
+        program = check_text(obj(f"weight {weight}", "loss ce(adv) * weight") + TRAIN, "w.adv")
+        return CompiledObjective(program, generate(program))
+
+    proven = compiled("1 + kappa where normalise = none")
+    assert "check_weights(" not in proven.source and proven.program.weight.sign == "positive"
+    kappa = torch.tensor([0, 2, 1])
+    margin = torch.tensor([0.5, -1.0, 2.0])
+    margin_weight = compiled("margin where normalise = none")
+    result = margin_weight.AttackResult(torch.zeros(3, 2), kappa, kappa, 0, margin=margin)
+    with pytest.raises(UserError) as info:
+        margin_weight.weights(result, epoch=3)
+    assert info.value.render() == ("error: the weight margin is negative for 1 of 3 samples at epoch 3 (w.adv:4) -- "
+                                   "hint: instance weights must be >= 0 and not all zero: change the weight "
+                                   "expression")
+    kappa_weight = compiled("kappa")
+    zero = kappa_weight.AttackResult(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), kappa, 0)
+    with pytest.raises(UserError) as info:
+        kappa_weight.weights(zero, epoch=0)
+    assert info.value.render().split(" -- ")[0] == "error: the weight kappa is zero for every sample at epoch 0 (w.adv:4)"
+    assert torch.equal(kappa_weight.weights(result, epoch=0), kappa.float())  # mean 1 already: unchanged
+
+
+def test_run_without_a_train_block_says_what_is_missing_in_one_line(tmp_path):
+    (tmp_path / "alone.adv").write_text(obj())
+    done = _run(["check", "alone.adv"], tmp_path)
+    assert (done.returncode, done.stdout) == (0, "alone.adv: ok (objective a)\n")  # a valid objective
+    done = _run(["compile", "alone.adv"], tmp_path)
+    assert done.returncode == 0 and "def main(" not in done.stdout and "def train_step(" in done.stdout
+    done = _run(["run", "alone.adv", "--out", str(tmp_path / "run")], tmp_path)
+    assert done.returncode != 0
+    assert done.stderr == ("error: objective 'a' has no train block: advc run needs its data, model, epochs and "
+                           "optim (alone.adv) -- hint: add: train { data digits  model small_cnn  epochs 10  "
+                           "optim sgd(lr = 0.1) }\n")

@@ -131,3 +131,20 @@ def test_hostile_specs_fail_the_checker_or_generate_allow_listed_code(hostile):
     except SpecError:
         return  # rejected with a diagnostic: fine
     generate(program)  # validate() inside raises if anything outside the allow-list appears
+
+
+def test_an_objective_without_a_train_block_loads_and_steps_in_the_users_loop(tmp_path):
+    """No train block: a valid objective for advc.load / advc compile, with no main() to run."""
+    import torch
+
+    spec = tmp_path / "alone.adv"
+    spec.write_text("objective alone {\n    threat  linf(eps = 0.1)\n    attack  pgd(steps = 3, step_size = eps / 4)\n"
+                    "    form    minmin(tau = 1, stop = margin > 0 or kappa >= 2)\n    loss    ce(adv)\n}\n")
+    prog = load(spec)
+    assert prog.program.train is None
+    assert not hasattr(prog.module, "main") and "no train block: bring your own loop" in prog.source
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    result, value = prog.train_step(model, optimizer, x, y, epoch=0)
+    assert torch.isfinite(value) and result.x_adv.shape == x.shape

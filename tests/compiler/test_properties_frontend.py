@@ -78,8 +78,10 @@ def spaced(draw, *tokens: str) -> str:
 
 
 ATOMS = st.one_of(numbers, names, numbers, names, strings)
-EXPR_KIND = st.sampled_from(["binop", "binop", "neg", "paren", "call"])
+EXPR_KIND = st.sampled_from(["binop", "binop", "neg", "paren", "call", "compare", "bool", "not"])
 OPERATORS = st.sampled_from(["+", "-", "*", "/", "^"])
+COMPARISONS = st.sampled_from(["<", "<=", ">", ">=", "==", "!="])
+CONNECTIVES = st.sampled_from(["and", "or"])
 ARG_FORM = st.sampled_from(["plain", "kwarg", "pair"])
 LEAF = st.integers(0, 3)
 ARG_COUNT = st.integers(0, 3)
@@ -98,6 +100,14 @@ def _expressions(draw, depth: int) -> str:
         return spaced(draw, "-", draw(sub))
     if kind == "paren":
         return spaced(draw, "(", draw(sub), ")")
+    # conditions (stop rules) bind looser than arithmetic: parenthesised, they fit anywhere, and
+    # the formatter decides which parentheses stay
+    if kind == "compare":
+        return spaced(draw, "(", draw(sub), draw(COMPARISONS), draw(sub), ")")
+    if kind == "bool":
+        return spaced(draw, "(", draw(sub), draw(CONNECTIVES), draw(sub), ")")
+    if kind == "not":
+        return spaced(draw, "(", "not", draw(sub), ")")
     return draw(CALLS[depth - 1])
 
 
@@ -151,7 +161,9 @@ EVALUATE_BODY = st.lists(st.one_of(names, CALLS[1]), max_size=4)
 def blocks(draw) -> str:
     kind = draw(BLOCK_KIND)
     if kind == "objective":
-        head = ["objective", draw(names)] + (["extends", draw(names)] if draw(st.booleans()) else [])
+        parent = draw(st.sampled_from(["", "name", "file"]))
+        head = ["objective", draw(names)] + (["extends", draw(names) if parent == "name" else draw(strings)]
+                                             if parent else [])
         body = draw(OBJECTIVE_BODY)
     elif kind == "train":
         head, body = ["train"], draw(TRAIN_BODY)
