@@ -117,15 +117,15 @@ def child_epoch(job: dict) -> None:
     from accelerate import Accelerator
 
     import advc
+    from advc.compiler.vocabulary.clauses import MIXED_PRECISION
     from advc.runtime.data import DeviceLoader, RandomCropFlip, load_dataset
     from advc.runtime.models import preact_resnet18
-    from advc.runtime.train import PRECISION
 
     s = Sizes(**job["sizes"])
     precision, channels_last, compiled = CONFIGS[job["config"]]
     deadline = job["deadline"]
     cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=PRECISION[precision],
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=MIXED_PRECISION[precision],
                               dynamo_backend=job["backend"] if compiled else "no")
     device = accelerator.device
     data = load_dataset("cifar10", job["data_root"]).to(device)
@@ -136,7 +136,8 @@ def child_epoch(job: dict) -> None:
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = preact_resnet18(width=s.width).to(device).to(memory_format=fmt)
-    optimizer = torch.optim.SGD(model.parameters(), lr=m.lr_at(0), **m.TRAIN["optim_args"])
+    optim_args = {k: v for k, v in prog.program.train.optim_args}  # madry's: numbers, no schedule
+    optimizer = torch.optim.SGD(model.parameters(), lr=m.lr_at(0), **optim_args)
     model, optimizer = accelerator.prepare(model, optimizer)
     if cuda:
         torch.cuda.reset_peak_memory_stats()

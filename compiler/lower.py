@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ir
-from .vocabulary.clauses import OPTIMIZER_CLASSES
+from .vocabulary.clauses import MIXED_PRECISION, OPTIMIZER_CLASSES
 from .vocabulary.datasets import DATASETS
 from .vocabulary.models import MODELS
 from .vocabulary.quantities import TERMS
@@ -544,6 +544,6 @@ def _train(p: ir.Program, low: Lowered) -> dict:
         "momentum_call": (None if not isinstance(momentum, ir.Setting) else
                           low.emitted[momentum.key].call() if not momentum.per_step else "momentum_at(epoch, step, len(loader))"),
         "momentum_per_step": isinstance(momentum, ir.Setting) and momentum.per_step,
-        "mixed_precision": {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision],
+        "mixed_precision": MIXED_PRECISION[t.precision],
         "uniform_linf": p.attack.init == "uniform" and p.threat.norm == "linf",
     }

@@ -122,6 +122,7 @@ def default_out(program, overrides: list[str]) -> Path:
 
 def run(opts: RunOptions) -> int:
     """``advc run``: returns an exit code."""
+    from advc.compiler.vocabulary.clauses import MIXED_PRECISION
     from advc.runtime.folders import LOCK_ENV, check_out, lock_run_folder
     from advc.runtime.launch import launch, launched
 
@@ -155,7 +156,7 @@ def run(opts: RunOptions) -> int:
         try:
             if n > 1:
                 code = launch(out / "objective.py", args.to_argv(), n, cpu=opts.cpu_procs > 1,
-                              mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision])
+                              mixed_precision=MIXED_PRECISION[t.precision])
             else:
                 code = _in_process(program, source, out, args)
         finally:

@@ -92,6 +92,8 @@ OPTIMIZERS: dict[str, dict[str, Param]] = {
 PER_STEP = ("train.lr", "train.momentum")
 # torch.optim class of each optimiser
 OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+# Accelerate's mixed_precision for each train precision
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 # a learning rate above this trains nothing useful with any of the optimisers above
 LR_WARN = 10.0
 

@@ -37,10 +37,10 @@ def test_every_spec_has_a_golden_file_and_no_stale_ones():
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_generation_is_deterministic(spec):
-    a = compile_spec(spec, {"attack.steps": 7})[1]
-    b = compile_spec(spec, {"attack.steps": 7})[1]
+    a = compile_spec(spec, {"train.batch": 96})[1]
+    b = compile_spec(spec, {"train.batch": 96})[1]
     assert a == b
-    assert "STEPS = 7" in a
+    assert "BATCH = 96" in a
 
 
 def test_header_names_spec_hash_version_and_overrides():
@@ -76,10 +76,12 @@ def test_generated_code_has_no_per_sample_python_loop():
         source = compile_spec(spec)[1]
         objective, program = source.split("# --- the training program", 1)
         loops = [line.strip() for line in objective.splitlines() if line.strip().startswith(("for ", "while "))]
-        assert loops in ([], ["for _ in range(STEPS):"]), (spec.name, loops)
+        assert loops in ([], ["for _ in range(STEPS):"], ["for _ in range(K):"]), (spec.name, loops)  # K: per epoch
         loops = [line.strip() for line in program.splitlines() if line.strip().startswith(("for ", "while "))]
+        replay = ["for replay in range(REPLAY):  # the minibatch is replayed m times, one step each"]  # Free AT
         assert loops == ["for epoch in range(start_epoch, epochs):",
-                         "for step, (x, y) in enumerate(run.progress(loader, epoch)):"], (spec.name, loops)
+                         "for step, (x, y) in enumerate(run.progress(loader, epoch)):",
+                         *(replay if spec.stem == "free_at" else [])], (spec.name, loops)
 
 
 def test_load_exposes_the_stable_interface():
