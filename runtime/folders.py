@@ -23,7 +23,7 @@ from advc.errors import UserError
 LOCK_FILE = ".advc.lock"
 LOCK_ENV = "ADVC_RUN_LOCKED"
 # what an advc run folder holds (anything else in a folder means it belongs to someone else)
-RUN_FILES = {"run.json", "resolved.json", "spec", "spec.adv", "objective.py", "metrics.jsonl", "metrics.csv",
+RUN_FILES = {"run.json", "resolved.json", "spec", "objective.py", "metrics.jsonl", "metrics.csv",
              "results.json", "results.md", "checkpoints", "evaluations", "plots", "tensorboard", LOCK_FILE,
              "events"}  # fmt: skip
 
@@ -57,6 +57,10 @@ def check_out(path: Path, *, resume: bool) -> None:
         entries = {p.name for p in path.iterdir()}
     except OSError as exc:
         raise UserError(f"cannot read the folder: {exc.strerror or exc}", where=where) from None
+    if locked_by_another(path):  # said first: the folder may look trained or empty only for now
+        raise UserError("another advc run is writing to this run folder", where=where,
+                        hint="wait for it to finish, or use another --out")
+    check_no_links(path)
     foreign = sorted(e for e in entries if e not in RUN_FILES and not e.startswith("."))
     if foreign and not is_run_folder(path):
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -69,6 +73,35 @@ def check_out(path: Path, *, resume: bool) -> None:
     if not resume and trained:
         raise UserError("the run folder already holds a trained run", where=where,
                         hint="pass --resume to continue it, or --out DIR for a fresh run folder")
+
+
+def check_no_links(path: Path) -> None:
+    """advc writes only inside a run folder: an entry it writes (``spec/``, ``checkpoints/``,
+    ``evaluations/``, ``run.json``, ...) that is a link, which would send those writes elsewhere,
+    is refused."""
+    for name in sorted(RUN_FILES):
+        entry = path / name
+        if entry.is_symlink():
+            raise UserError(f"the run folder's {name} is a link (to {os.readlink(entry)}); advc writes only inside "
+                            "a run folder", where=str(entry), hint="replace the link by the file or folder itself")
+
+
+def locked_by_another(path: Path) -> bool:
+    """Whether another process holds the folder's lock (probed, never taken; nothing is created)."""
+    try:
+        import fcntl
+
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except (ImportError, OSError):  # no lock file (or Windows): nobody holds it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+    finally:
+        os.close(fd)
 
 
 class Lock:

@@ -146,6 +146,7 @@ def run(opts: RunOptions) -> int:
         _preflight(program, opts)  # fail here, in one process, with one line
     created = not out.exists()
     lock = lock_run_folder(out)
+    before = FolderState(out) if opts.resume else None
     try:
         write_records(out, program, source, overrides, opts)
         os.environ[LOCK_ENV] = str(out.resolve())
@@ -159,11 +160,15 @@ def run(opts: RunOptions) -> int:
             os.environ.pop(LOCK_ENV, None)
     except BaseException:
         _remove_if_untrained(out, created)
+        if before is not None:
+            before.restore_if_untrained()
         raise
     finally:
         lock.release()
     if code:
         _remove_if_untrained(out, created)
+        if before is not None:
+            before.restore_if_untrained()
     return code
 
 
@@ -249,6 +254,65 @@ def write_records(out: Path, program, source: str, overrides: list[str], opts: R
                 "warnings": [w.message for w in program.warnings]}
     atomic_write_text(out / "resolved.json", json.dumps(resolved, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "objective.py", source)
+
+
+class FolderState:
+    """A run folder as ``--resume`` found it: a resume that fails before it writes a checkpoint (a
+    forged or damaged checkpoint, data gone missing, a NaN in the first resumed epoch) leaves the
+    folder as it was -- the records it rewrote put back, the files it added removed."""
+
+    RECORDS = ("run.json", "resolved.json", "objective.py", "metrics.jsonl", "metrics.csv")
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.entries = set(_entries(out))
+        self.saved = {}
+        for rel in [*self.RECORDS, *(f"spec/{p.name}" for p in sorted((out / "spec").glob("*")))]:
+            path = out / rel
+            if path.is_symlink():
+                self.saved[rel] = ("link", os.readlink(path))
+            elif path.is_file():
+                self.saved[rel] = ("file", path.read_bytes())
+        self.checkpoints = _checkpoint_stamps(out)
+
+    def restore_if_untrained(self) -> None:
+        if _checkpoint_stamps(self.out) != self.checkpoints:
+            return  # it trained on: what it wrote belongs to the run now
+        for rel, (kind, value) in self.saved.items():
+            path = self.out / rel
+            tmp = path.with_name(f".{path.name}.restore")
+            with contextlib.suppress(OSError):
+                if kind == "link":
+                    tmp.unlink(missing_ok=True)
+                    tmp.symlink_to(value)
+                else:
+                    tmp.write_bytes(value)
+                os.replace(tmp, path)
+        for rel in sorted(set(_entries(self.out)) - self.entries, key=len, reverse=True):
+            path = self.out / rel
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+
+def _entries(out: Path) -> list[str]:
+    """Every file, folder and link under ``out`` (links not followed), relative to it."""
+    found = []
+    for top, dirs, files in os.walk(out):
+        found += [str((Path(top) / name).relative_to(out)) for name in dirs + files]
+    return found
+
+
+def _checkpoint_stamps(out: Path) -> dict[str, tuple[int, int, int]]:
+    """Which checkpoint files there are and which write each is (a save replaces the file)."""
+    stamps = {}
+    for path in sorted((out / "checkpoints").glob("*.safetensors")):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            stamps[path.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return stamps
 
 
 def _remove_if_untrained(out: Path, created: bool) -> None:
