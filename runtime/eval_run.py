@@ -15,6 +15,8 @@ overwriting another evaluation and never touching the training record (``results
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,24 +60,52 @@ def final_eps(program) -> float:
     return float(eps.const) if eps.const is not None else float(value_at(program, "threat.eps", program.train.epochs - 1))
 
 
+RECORD_MAX_BYTES = 4 * 2**20  # run.json is a few KB (its history grows by ~300 bytes a resume)
+EDITED = "the run folder was edited or damaged; evaluate a checkpoint with --spec instead"
+
+
+def read_folder_file(run_dir: Path, name: str, limit: int) -> bytes:
+    """The bytes of the file ``name`` of a run folder: a regular file inside the folder, at most
+    ``limit`` bytes. A link out of the folder, a device (reading ``/dev/zero`` never ends) or a
+    FIFO (opening one waits for a writer) is refused, not read."""
+    path = run_dir / name
+    try:
+        inside = path.resolve().is_relative_to(run_dir.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise UserError(f"the run folder's {name} points outside the folder", where=str(path), hint=EDITED)
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UserError(f"the run folder's {name} is not a regular file", where=str(path), hint=EDITED)
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UserError(f"the run folder's {name} is unreadable: {exc.strerror or exc}", where=str(path),
+                        hint=EDITED) from None
+    if len(data) > limit:
+        raise UserError(f"the run folder's {name} is larger than {limit} bytes", where=str(path), hint=EDITED)
+    return data
+
+
 def read_run_record(run_dir: Path) -> dict:
     """``run.json``, checked field by field (it decides which spec files are compiled)."""
     path = run_dir / "run.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise UserError("not a run folder: no run.json", where=str(run_dir),
-                        hint="point at a folder written by advc run, or at a checkpoint with --spec") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"run.json is unreadable: {exc}", where=str(path)) from None
+                        hint="point at a folder written by advc run, or at a checkpoint with --spec")
+    try:
+        data = json.loads(read_folder_file(run_dir, "run.json", RECORD_MAX_BYTES))
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"run.json is unreadable: {exc}", where=str(path), hint=EDITED) from None
 
     def bad(field: str, why: str) -> UserError:
-        return UserError(f"run.json field '{field}' {why}", where=str(path),
-                         hint="the run folder was edited or damaged; evaluate a checkpoint with --spec instead")
+        return UserError(f"run.json field '{field}' {why}", where=str(path), hint=EDITED)
 
     if not isinstance(data, dict) or data.get("format") != "advc-run":
         raise bad("format", "is not 'advc-run'")
-    for field, kind in (("entry", str), ("files", list), ("overrides", list), ("training_id", str)):
+    for field, kind in (("entry", str), ("files", list), ("overrides", list), ("training_id", str),
+                        ("spec_hash", str)):  # fmt: skip
         if not isinstance(data.get(field), kind):
             raise bad(field, f"must be a {kind.__name__}")
     if not all(isinstance(o, str) for o in data["overrides"]):
@@ -84,30 +114,35 @@ def read_run_record(run_dir: Path) -> dict:
         if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not isinstance(item.get("copy"), str):
             raise bad("files", "must list {path, copy} entries")
         copy = Path(item["copy"])
-        if copy.is_absolute() or ".." in copy.parts or copy.parts[:1] != ("spec",):
-            raise bad("files", f"names a copy outside the folder's spec/: {item['copy']!r}")
+        if copy.is_absolute() or ".." in copy.parts or copy.parts[:1] != ("spec",) or len(copy.parts) < 2:
+            raise bad("files", f"names a copy outside the folder's spec/: {item['copy'][:200]!r}")
+    if data["entry"] not in {item["path"] for item in data["files"]}:  # never a spec from the disk
+        raise bad("entry", "names no file the folder keeps a copy of")
     return data
 
 
 def _from_run_dir(run_dir: Path, spec: Path | None, overrides, trust_code: bool) -> EvalTarget:
     from advc.compiler.check import check_file
     from advc.compiler.identity import training_id
+    from advc.compiler.parse import MAX_BYTES, decode
+    from advc.runtime.folders import check_no_links
 
     record = read_run_record(run_dir)
+    check_no_links(run_dir)  # evaluations/ is written: never through a link out of the folder
     if spec is not None:  # the user's spec says model/data/attacks; the folder gives the checkpoints
         program = check_file(spec, overrides or None)
     else:
-        files = {}
-        for item in record["files"]:
-            try:
-                files[item["path"]] = (run_dir / item["copy"]).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"the run folder's spec file is unreadable: {exc}", where=str(run_dir / item["copy"]),
-                                hint="the run folder is incomplete; evaluate a checkpoint with --spec") from None
-        program = check_file(record["entry"], [*record["overrides"], *(overrides or [])] or None, files=files)
+        files = {item["path"]: decode(read_folder_file(run_dir, item["copy"], MAX_BYTES), str(run_dir / item["copy"]))
+                 for item in record["files"]}  # fmt: skip
+        recorded = check_file(record["entry"], record["overrides"] or None, files=files)
+        program = check_file(record["entry"], [*record["overrides"], *overrides], files=files) if overrides else recorded
         if training_id(program) != record["training_id"]:
             raise UserError("the run folder's spec files do not rebuild the run they claim (training identity "
                             "differs)", where=str(run_dir / "spec"),
+                            hint="the folder was edited; evaluate a checkpoint with --spec SPEC")
+        if recorded.spec_hash != record["spec_hash"]:  # e.g. the evaluate list: not training, still the record
+            raise UserError("the run folder's spec files or overrides were edited after the run (their hash differs "
+                            "from run.json's spec_hash)", where=str(run_dir / "spec"),
                             hint="the folder was edited; evaluate a checkpoint with --spec SPEC")
     checkpoints = {name: run_dir / "checkpoints" / f"{name}.safetensors" for name in CHECKPOINT_NAMES
                    if (run_dir / "checkpoints" / f"{name}.safetensors").is_file()}
@@ -147,13 +182,15 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
 
     Returns ({checkpoint: {label: %}}, {checkpoint: checks}, number of test samples used).
     """
+    import torch
+
     from advc.compiler.check import check_attacks
     from advc.compiler.identity import training_id
     from advc.compiler.lower import eval_text
     from advc.runtime.checkpoint import checkpoint_digest, load_checkpoint
     from advc.runtime.data import load_dataset
     from advc.runtime.evaluate import evaluate_model, parse_attack_list, sanity_checks
-    from advc.runtime.loop import load_model_state
+    from advc.runtime.loop import check_model_state, check_optimizer_state, check_training_state
     from advc.runtime.models import build_model
     from advc.runtime.results import write_evaluation
 
@@ -176,20 +213,29 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
     model = build_model(t.model, in_channels=data.in_channels, num_classes=data.num_classes, trust_code=trust_code,
                         **dict(t.model_args))
     expected = training_id(program)
-    table: dict[str, dict[str, float]] = {}
-    checks: dict[str, list] = {}
-    seen: dict[str, str] = {}
-    for name, path in target.checkpoints.items():
-        state, _, extra = load_checkpoint(path)
+    layout = torch.optim.SGD(model.parameters(), lr=1.0)  # the program's optimizer layout: one group, every parameter
+    loaded = {}
+    for name, path in target.checkpoints.items():  # every one is checked before any is evaluated (or kept)
+        state, optim, extra = load_checkpoint(path)
         if extra.get("training_id") != expected:
             raise UserError("the checkpoint was trained with other settings than the spec says", where=str(path),
                             hint="evaluate with the spec (and --set values) it was trained with")
-        digest = checkpoint_digest(path)
+        check_training_state(extra, path, training_id=expected, epochs=None)
+        check_model_state(model, state, path)
+        if optim is not None:  # not used here, but a state that does not fit its own model is not a real one
+            check_optimizer_state(layout, optim, path)
+        loaded[name] = (state, extra, checkpoint_digest(path))
+    table: dict[str, dict[str, float]] = {}
+    checks: dict[str, list] = {}
+    seen: dict[str, str] = {}
+    for name, (state, extra, digest) in loaded.items():
         start = time.perf_counter()
         if digest in seen:  # best is often the last epoch: same weights, same numbers
-            table[name], checks[name] = dict(table[seen[digest]]), list(checks.get(seen[digest], []))
+            table[name] = dict(table[seen[digest]])
+            if seen[digest] in checks:
+                checks[name] = list(checks[seen[digest]])
         else:
-            load_model_state(model, state, path)
+            model.load_state_dict(state)
             model.eval()
             table[name] = {}
             for config in configs:
@@ -205,7 +251,7 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
                                              batch_size=batch_size)
         if target.run_dir is not None:
             write_evaluation(target.run_dir, checkpoint=name, weights_sha256=digest,
-                             epoch=int(extra.get("epoch", 0)), attacks=text, n=int(x.shape[0]), eps=target.eps,
+                             epoch=extra["epoch"], attacks=text, n=int(x.shape[0]), eps=target.eps,
                              norm=target.norm, results=table[name], sanity=checks.get(name),
                              seconds=time.perf_counter() - start)
         seen[digest] = name
