@@ -131,3 +131,40 @@ def test_hostile_specs_fail_the_checker_or_generate_allow_listed_code(hostile):
     except SpecError:
         return  # rejected with a diagnostic: fine
     generate(program)  # validate() inside raises if anything outside the allow-list appears
+
+
+MARK = "PWNED"  # in every hostile text below; where it lands in the module is checked
+
+
+def _quickstart(old: str = "", new: str = "") -> str:
+    return (ROOT / "specs" / "quickstart.adv").read_text().replace(old, new, 1)
+
+
+HOSTILE_BUT_VALID = {
+    "comment": (_quickstart("threat  linf(eps = 0.1)", 'threat  linf(eps = 0.1)  # """); __import__("os").system('
+                            '"PWNED") {{ 7*7 }} {% raw %} \x0c'), "specs/h.adv"),
+    "data root string": (_quickstart("data    digits", """data    cifar10(root = "x'); import os; """
+                                     """os.system('PWNED'); ('")"""), "specs/h.adv"),
+    "data root template": (_quickstart("data    digits", 'data    cifar10(root = "{{ PWNED.__class__ }} {% for x '
+                                       'in y %} #} \'\'\'")'), "specs/h.adv"),
+    "objective name": (_quickstart("objective quickstart {", "objective PWNED_import_os {"), "specs/h.adv"),
+    "file name with a newline": (_quickstart(), "specs/x\nimport os; os.system('PWNED') #.adv"),
+    "file name with quotes": (_quickstart(), "specs/x\"\"\"PWNED'); import os; ('.adv"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_BUT_VALID))
+def test_hostile_text_that_passes_the_checker_lands_only_in_comments_and_strings(case):
+    import io
+    import tokenize
+
+    from advc.compiler.check import check_text
+    from advc.compiler.codegen import generate
+    from advc.compiler.safety import validate
+
+    text, file = HOSTILE_BUT_VALID[case]
+    source = generate(check_text(text, file))  # the checker accepts it; generate() validates
+    validate(source)
+    carried = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if MARK in t.string]
+    assert carried, "the hostile text never reached the module: the case tests nothing"
+    assert [t for t in carried if t.type not in (tokenize.COMMENT, tokenize.STRING)] == []
