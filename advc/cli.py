@@ -199,6 +199,9 @@ def eval_(target: Path = typer.Argument(..., help="A run folder (runs/NAME) or o
                                                 sanity=not no_sanity, trust_code=trust_code)
     except AdvcError as err:
         _fail(err)
+    except OSError as exc:  # keeping the evaluation in the run folder failed: disk full, a file in the way
+        _fail(UserError(f"cannot keep the evaluation: {exc.strerror or exc}", where=exc.filename or str(target),
+                        hint="free disk space or fix the run folder's evaluations/, then evaluate again"))
     typer.echo(f"\n{chosen.spec_name}: test accuracy (%) on {n_used} samples, eps {chosen.eps:.4g} ({chosen.norm})\n")
     typer.echo(results_markdown([Row(name, cols) for name, cols in table.items()], first_column="Checkpoint"))
     for name, found in checks.items():

@@ -156,18 +156,29 @@ class _Encoder:
         return key
 
 
-def _decode(obj: Any, tensors: TensorDict) -> Any:
+def _decode(obj: Any, tensors: TensorDict, path: str) -> Any:
+    """The inverse of ``_Encoder.encode``; a tensor placeholder must carry the name the encoder
+    gives the tensor at its place (``path``, or ``path#n``), so an edited header cannot point one
+    part of the state at another part's tensor (ValueError, KeyError, TypeError: unreadable)."""
     if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
+        return [_decode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
     if not isinstance(obj, dict):
         return obj
     if obj.keys() == {_TENSOR}:
-        return tensors[obj[_TENSOR]]  # KeyError / TypeError: reported as unreadable
+        key = obj[_TENSOR]
+        own = isinstance(key, str) and (key == path or (key.startswith(f"{path}#") and key[len(path) + 1 :].isdigit()))
+        if not own:
+            raise ValueError(f"the tensor at {path} is named {key!r}")
+        return tensors[key]
     if obj.keys() == {_TUPLE}:
-        return tuple(_decode(v, tensors) for v in obj[_TUPLE])
+        return tuple(_decode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj[_TUPLE]))
     if obj.keys() == {_ITEMS}:
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj[_ITEMS]}
-    return {k: _decode(v, tensors) for k, v in obj.items()}
+        items = {}
+        for k, v in obj[_ITEMS]:
+            key = _decode(k, tensors, path)
+            items[key] = _decode(v, tensors, f"{path}.{key}")
+        return items
+    return {k: _decode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
 
 
 def _digest(state_json: str, tensors: TensorDict) -> str:
@@ -207,9 +218,11 @@ def _atomic_write(dest: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None:  # disk full, permission: name the file it was for
+            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
         raise
     _fsync_dir(dest.parent)
 
@@ -318,7 +331,7 @@ def load_checkpoint(
     state, tensors = _read(p)
     moved = {k: t if k.startswith("rng.") else t.to(map_location) for k, t in tensors.items()}
     try:
-        parts = {s: _decode(state[s], moved) for s in (*_SECTIONS, "rng_state")}
+        parts = {s: _decode(state[s], moved, s) for s in (*_SECTIONS, "rng_state")}
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise _unreadable(p, f"inconsistent state ({type(exc).__name__}: {exc})") from None
     model, optim, extra = parts["model"], parts["optim"], parts["extra"]

@@ -60,23 +60,26 @@ def final_eps(program) -> float:
 def _from_run_dir(run_dir: Path, spec: Path | None, overrides, trust_code: bool) -> EvalTarget:
     from advc.compiler.check import check_file
     from advc.compiler.identity import training_id
+    from advc.compiler.parse import MAX_BYTES, decode
+    from advc.runtime.folders import check_no_links, read_folder_file
     from advc.runtime.run import read_run_record
 
     record = read_run_record(run_dir)
+    check_no_links(run_dir)  # evaluations/ is written: never through a link out of the folder
     if spec is not None:  # the user's spec says model/data/attacks; the folder gives the checkpoints
         program = check_file(spec, overrides or None)
     else:
-        files = {}
-        for item in record["files"]:
-            try:
-                files[item["path"]] = (run_dir / item["copy"]).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"the run folder's spec file is unreadable: {exc}", where=str(run_dir / item["copy"]),
-                                hint="the run folder is incomplete; evaluate a checkpoint with --spec") from None
-        program = check_file(record["entry"], [*record["overrides"], *(overrides or [])] or None, files=files)
+        files = {item["path"]: decode(read_folder_file(run_dir, item["copy"], MAX_BYTES), str(run_dir / item["copy"]))
+                 for item in record["files"]}  # fmt: skip
+        recorded = check_file(record["entry"], record["overrides"] or None, files=files)
+        program = check_file(record["entry"], [*record["overrides"], *overrides], files=files) if overrides else recorded
         if training_id(program) != record["training_id"]:
             raise UserError("the run folder's spec files do not rebuild the run they claim (training identity "
                             "differs)", where=str(run_dir / "spec"),
+                            hint="the folder was edited; evaluate a checkpoint with --spec SPEC")
+        if recorded.spec_hash != record["spec_hash"]:  # e.g. the evaluate list: not training, still the record
+            raise UserError("the run folder's spec files or overrides were edited after the run (their hash differs "
+                            "from run.json's spec_hash)", where=str(run_dir / "spec"),
                             hint="the folder was edited; evaluate a checkpoint with --spec SPEC")
     checkpoints = {name: run_dir / "checkpoints" / f"{name}.safetensors" for name in CHECKPOINT_NAMES
                    if (run_dir / "checkpoints" / f"{name}.safetensors").is_file()}
@@ -119,8 +122,6 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
     from advc.compiler.check import check_attacks
     from advc.compiler.identity import training_id
     from advc.compiler.lower import eval_text
-    from advc.runtime.checkpoint import checkpoint_digest, load_checkpoint
-    from advc.runtime.loop import load_model_state
     from advc.runtime.models import build_model
     from advc.runtime.results import write_evaluation
 
@@ -134,30 +135,50 @@ def evaluate_target(target: EvalTarget, *, attacks: str | None = None, n: int | 
     t = program.train
     model = build_model(t.model, in_channels=data.in_channels, num_classes=data.num_classes, trust_code=trust_code,
                         **dict(t.model_args))
-    expected = training_id(program)
+    loaded = _checked_checkpoints(target, model, training_id(program))
     table: dict[str, dict[str, float]] = {}
     checks: dict[str, list] = {}
     seen: dict[str, str] = {}
-    for name, path in target.checkpoints.items():
-        state, _, extra = load_checkpoint(path)
-        if extra.get("training_id") != expected:
-            raise UserError("the checkpoint was trained with other settings than the spec says", where=str(path),
-                            hint="evaluate with the spec (and --set values) it was trained with")
-        digest = checkpoint_digest(path)
+    for name, (state, extra, digest) in loaded.items():
         start = time.perf_counter()
         if digest in seen:  # best is often the last epoch: same weights, same numbers
-            table[name], checks[name] = dict(table[seen[digest]]), list(checks.get(seen[digest], []))
+            table[name] = dict(table[seen[digest]])
+            if seen[digest] in checks:
+                checks[name] = list(checks[seen[digest]])
         else:
-            load_model_state(model, state, path)
+            model.load_state_dict(state)
             table[name], checks[name] = _measure(model, x, y, chosen, target, name, batch_size=batch_size,
                                                  sanity=sanity, quiet=quiet)
         if target.run_dir is not None:
             write_evaluation(target.run_dir, checkpoint=name, weights_sha256=digest,
-                             epoch=int(extra.get("epoch", 0)), attacks=" ".join(eval_text(a) for a in chosen),
+                             epoch=extra["epoch"], attacks=" ".join(eval_text(a) for a in chosen),
                              n=int(x.shape[0]), eps=target.eps, norm=target.norm, results=table[name],
-                             sanity=checks[name] or None, seconds=time.perf_counter() - start)
+                             sanity=checks.get(name) or None, seconds=time.perf_counter() - start)
         seen[digest] = name
     return table, {k: v for k, v in checks.items() if v}, int(x.shape[0])
+
+
+def _checked_checkpoints(target: EvalTarget, model, expected: str) -> dict[str, tuple[dict, dict, str]]:
+    """Every checkpoint, read and checked before any is evaluated (or its evaluation kept):
+    {name: (model state, training state, sha256)}."""
+    import torch
+
+    from advc.runtime.checkpoint import checkpoint_digest, load_checkpoint
+    from advc.runtime.loop import check_model_state, check_optimizer_state, check_training_state
+
+    layout = torch.optim.SGD(model.parameters(), lr=1.0)  # the program's optimizer layout: one group, every parameter
+    loaded = {}
+    for name, path in target.checkpoints.items():
+        state, optim, extra = load_checkpoint(path)
+        if extra.get("training_id") != expected:
+            raise UserError("the checkpoint was trained with other settings than the spec says", where=str(path),
+                            hint="evaluate with the spec (and --set values) it was trained with")
+        check_training_state(extra, path, training_id=expected, epochs=None)
+        check_model_state(model, state, path)
+        if optim is not None:  # not used here, but a state that does not fit its own model is not a real one
+            check_optimizer_state(layout, optim, path)
+        loaded[name] = (state, extra, checkpoint_digest(path))
+    return loaded
 
 
 def _test_set(program, data_root: str | None, n: int | None):

@@ -24,6 +24,7 @@ the samples of processes < r, so its noise is its slice of the noise one process
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -319,6 +320,8 @@ class RunFolder:
         self.delta = None  # Free AT's persistent perturbation
         self.resumed: dict = {}  # what the resumed checkpoint kept besides weights and optimizer
         self.robust_before = 0.0  # the collapse guard's last accuracy
+        self.classes: int | None = None  # the model's outputs (chance accuracy), known from resume()
+        self.warned: set[str] = set()
 
     # start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -330,6 +333,7 @@ class RunFolder:
     def resume(self, model, optimizer) -> int:
         """Load the last checkpoint into model and optimizer (``--resume``); returns the first
         epoch to train (0 for a fresh run)."""
+        self.classes = output_classes(model)
         if not self.args.resume:
             if self.args.init_from:
                 state, _, _ = load_checkpoint(self.args.init_from)
@@ -344,7 +348,13 @@ class RunFolder:
         self.best, self.best_epoch = float(extra["best_metric"]), int(extra["best_epoch"])
         self.resumed = {k: extra[k] for k in ("perturbation",) if k in extra}
         self.robust_before = float(extra.get("robust_before", 0.0))
-        self.history = [r for r in read_metrics(self.dir) if int(r.get("epoch", -1)) <= int(extra["epoch"])]
+        best = self.dir / CHECKPOINTS / "best.safetensors"
+        if best.is_file():  # evaluated at the end: it must be this run's too
+            best_state, _, best_extra = load_checkpoint(best, map_location=self.accelerator.device)
+            check_training_state(best_extra, best, training_id=self.training_id, epochs=self.epochs)
+            check_model_state(model, best_state, best)
+        rows = {r["epoch"]: r for r in read_metrics(self.dir) if r["epoch"] <= int(extra["epoch"])}
+        self.history = [rows[e] for e in sorted(rows)]  # each epoch once, in order
         if self.main:
             write_metrics(self.dir, self.history)
         return int(extra["epoch"]) + 1
@@ -421,14 +431,26 @@ class RunFolder:
         return improved
 
     def log(self, record: dict, improved: bool) -> None:
-        """Append the epoch to metrics.jsonl and print one line."""
+        """Append the epoch to metrics.jsonl and print one line (and a warning when training
+        diverges); a failed append (disk full) is cut back, so the file never ends half-written."""
         self.history.append(record)
         if self.main:
             with open(self.dir / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                size = f.tell()
+                try:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        f.truncate(size)
+                    raise
         self.line(epoch_line(record, self.epochs, improved))
+        warning = divergence(self.history, self.classes)
+        if warning is not None and warning[0] not in self.warned:
+            self.warned.add(warning[0])
+            if self.main:
+                print(warning[1], file=sys.stderr, flush=True)
 
     def line(self, text: str) -> None:
         if self.main and not self.args.quiet:
@@ -456,6 +478,44 @@ class RunFolder:
         self.accelerator.wait_for_everyone()
 
 
+# divergence: a warning, not an error (a run may recover; the NaN guard stops one that cannot)
+LOSS_FACTOR = 10.0  # a loss this many times its first epoch's has left training behind
+CHANCE_EPOCHS = 3  # epochs in a row at chance accuracy
+CHANCE_SLACK = (1.5, 10.0)  # "at chance": at most 1.5x 100/classes, and at most 10 points above it
+
+
+def output_classes(model) -> int | None:
+    """The number of classes a model predicts: its last linear layer's outputs (None if it has none)."""
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linear[-1].out_features if linear and linear[-1].out_features > 1 else None
+
+
+def divergence(history: list[dict], classes: int | None) -> tuple[str, str] | None:
+    """(kind, one warning line) when the epochs so far show training going nowhere: the loss far
+    above its first epoch's, or the training accuracy at chance for several epochs while the loss
+    stays finite (a model that collapsed to one class). None when training looks sane."""
+    if not history:
+        return None
+    first, last = history[0], history[-1]
+    loss, start = last.get("loss"), first.get("loss")
+    numbers = isinstance(loss, float) and isinstance(start, float) and math.isfinite(loss)
+    if len(history) > 1 and numbers and start > 0 and loss > LOSS_FACTOR * start:
+        return "loss", (f"warning: the training loss {loss:.4g} at epoch {last['epoch'] + 1} is over "
+                        f"{LOSS_FACTOR:g}x its first epoch's {start:.4g}: training is diverging -- hint: lower "
+                        "the learning rate, or check the weight and loss expressions")
+    recent = history[-CHANCE_EPOCHS:]
+    if classes and len(recent) == CHANCE_EPOCHS:
+        chance = 100.0 / classes
+        limit = min(CHANCE_SLACK[0] * chance, chance + CHANCE_SLACK[1])
+        accs = [r.get("train_natural") for r in recent]
+        if all(isinstance(a, (int, float)) and a <= limit for a in accs) and all(
+                isinstance(r.get("loss"), float) and math.isfinite(r["loss"]) for r in recent):  # fmt: skip
+            return "chance", (f"warning: the training accuracy has stayed at chance ({accs[-1]:.1f}%, "
+                              f"{classes} classes) for {CHANCE_EPOCHS} epochs with a finite loss: the model is not "
+                              "learning -- hint: lower the learning rate, or check the data and the weights")
+    return None
+
+
 def epoch_line(record: dict, epochs: int, improved: bool) -> str:
     val = record.get("val_pgd20")
     val_text = f"  val nat {record['val_natural']:.2f}%  PGD-20 {val:.2f}%" if val is not None else ""
@@ -467,8 +527,10 @@ def epoch_line(record: dict, epochs: int, improved: bool) -> str:
 # --- checking what a checkpoint holds before using it -------------------------------------
 
 
-def check_training_state(extra: dict, path, *, training_id: str, epochs: int) -> None:
-    """The JSON state of a checkpoint, validated field by field before anything is loaded."""
+def check_training_state(extra: dict, path, *, training_id: str, epochs: int | None) -> None:
+    """The JSON state of a checkpoint, validated field by field before anything is loaded
+    (``epochs``: the run's, which the checkpoint's epoch must lie within; None for evaluation,
+    where a spec may say fewer epochs than the checkpoint was trained for)."""
 
     def bad(field: str, why: str) -> UserError:
         return UserError(f"checkpoint field '{field}' {why}", where=str(path),
@@ -484,7 +546,7 @@ def check_training_state(extra: dict, path, *, training_id: str, epochs: int) ->
         raise UserError("the spec or its overrides changed since the checkpoint was written", where=str(path),
                         hint="resume with the same spec and --set values (only train.epochs may grow), or use --out")
     epoch = whole("epoch", 0, 10**7)
-    if epoch > epochs - 1:  # (epoch == epochs - 1: training is done; a resume only evaluates)
+    if epochs is not None and epoch > epochs - 1:  # (epoch == epochs - 1: training is done; a resume only evaluates)
         raise UserError(f"the checkpoint is from epoch {epoch}, but this run's last epoch is {epochs - 1}", where=str(path),
                         hint=f"resume with --set train.epochs={epoch + 1} or more")
     whole("best_epoch", -1, epoch)
@@ -494,7 +556,14 @@ def check_training_state(extra: dict, path, *, training_id: str, epochs: int) ->
 
 
 def load_model_state(model, state: dict, path) -> None:
-    """``model.load_state_dict`` after checking every tensor's name and shape (one line if not)."""
+    """``model.load_state_dict`` after ``check_model_state`` (one line if it does not fit)."""
+    check_model_state(model, state, path)
+    model.load_state_dict(state)
+
+
+def check_model_state(model, state: dict, path) -> None:
+    """Every tensor of a checkpoint's model state has the model's name, shape and dtype, and is
+    finite: advc's NaN guard stops a run before such weights are saved, so they were not trained."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -508,31 +577,48 @@ def load_model_state(model, state: dict, path) -> None:
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise UserError(f"the checkpoint's tensor {name!r} is shaped {shape}, the model's {tuple(tensor.shape)}",
                             where=str(path), hint="it was written for another model or data set")
-    model.load_state_dict(state)
+        if got.dtype != tensor.dtype:
+            raise UserError(f"the checkpoint's tensor {name!r} is {str(got.dtype).removeprefix('torch.')}, the "
+                            f"model's {str(tensor.dtype).removeprefix('torch.')}", where=str(path),
+                            hint="it was written for another model, or edited")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise UserError(f"the checkpoint's tensor {name!r} holds nan or inf", where=str(path),
+                            hint="advc never saves non-finite weights: the file was edited or damaged")
 
 
 def load_optimizer_state(optimizer, state: dict, path) -> None:
-    """``optimizer.load_state_dict`` after checking its parameter groups and buffers fit."""
-    mine = optimizer.state_dict()
-    groups = state.get("param_groups")
-    if not isinstance(groups, list) or len(groups) != len(mine["param_groups"]) or any(
-        not isinstance(g, dict) or len(g.get("params", ())) != len(m["params"])
-        for g, m in zip(groups, mine["param_groups"], strict=True)
-    ):
-        raise UserError("the checkpoint's optimizer state does not fit this model's parameters", where=str(path),
-                        hint="it was written for another model or optimizer")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for key, buffers in (state.get("state") or {}).items():
-        if not isinstance(key, int) or not 0 <= key < len(params) or not isinstance(buffers, dict):
-            raise UserError(f"the checkpoint's optimizer state has an entry {key!r} for no parameter", where=str(path))
-        for name, value in buffers.items():
-            if isinstance(value, torch.Tensor) and value.dim() and tuple(value.shape) != tuple(params[key].shape):
-                raise UserError(f"the checkpoint's optimizer buffer {name!r} of parameter {key} is shaped "
-                                f"{tuple(value.shape)}, the parameter {tuple(params[key].shape)}", where=str(path))
+    """``optimizer.load_state_dict`` after ``check_optimizer_state``."""
+    check_optimizer_state(optimizer, state, path)
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise UserError(f"the checkpoint's optimizer state does not load: {exc}", where=str(path)) from None
+
+
+def check_optimizer_state(optimizer, state: dict, path) -> None:
+    """A checkpoint's optimizer state fits ``optimizer``: its parameter groups, and a buffer of
+    each parameter's shape for parameters that exist (one line if not)."""
+    mine = optimizer.state_dict()
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(mine["param_groups"]) or any(
+        not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(m["params"])
+        for g, m in zip(groups, mine["param_groups"], strict=True)
+    ) or not isinstance(state.get("state", {}), dict):  # fmt: skip
+        raise UserError("the checkpoint's optimizer state does not fit this model's parameters", where=str(path),
+                        hint="it was written for another model or optimizer")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ids = [i for g in groups for i in g["params"]]  # the saved ids, in the order of the parameters
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids):
+        raise UserError("the checkpoint's optimizer state names its parameters by other than distinct numbers",
+                        where=str(path), hint="the file was edited or damaged")
+    for key, buffers in (state.get("state") or {}).items():
+        if key not in ids or not isinstance(buffers, dict):
+            raise UserError(f"the checkpoint's optimizer state has an entry {key!r} for no parameter", where=str(path))
+        param = params[ids.index(key)]
+        for name, value in buffers.items():
+            if isinstance(value, torch.Tensor) and value.dim() and tuple(value.shape) != tuple(param.shape):
+                raise UserError(f"the checkpoint's optimizer buffer {name!r} of parameter {key} is shaped "
+                                f"{tuple(value.shape)}, the parameter {tuple(param.shape)}", where=str(path))
 
 
 def run_program(main, argv: list[str] | None = None) -> None:

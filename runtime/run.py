@@ -150,6 +150,7 @@ def run(opts: RunOptions) -> int:
         _preflight(program, opts)  # fail here, in one process, with one line
     created = not out.exists()
     lock = lock_run_folder(out)
+    before = FolderState(out) if opts.resume else None
     try:
         write_records(out, program, source, overrides, opts)
         os.environ[LOCK_ENV] = str(out.resolve())
@@ -163,11 +164,15 @@ def run(opts: RunOptions) -> int:
             os.environ.pop(LOCK_ENV, None)
     except BaseException:
         _remove_if_untrained(out, created)
+        if before is not None:
+            before.restore_if_untrained()
         raise
     finally:
         lock.release()
     if code:
         _remove_if_untrained(out, created)
+        if before is not None:
+            before.restore_if_untrained()
     return code
 
 
@@ -258,23 +263,24 @@ def write_records(out: Path, program, source: str, overrides: list[str], opts: R
 def read_run_record(run_dir: Path, *, rebuild: bool = True) -> dict:
     """A run folder's ``run.json``, checked field by field: the experiment ``advc table`` groups by,
     and (``rebuild``) which spec files and overrides ``advc eval`` compiles; missing or damaged is one line."""
+    from advc.runtime.folders import EDITED, RECORD_MAX_BYTES, read_folder_file
+
     path = Path(run_dir) / RUN_RECORD
+    if not path.exists() and not path.is_symlink():
+        raise UserError(NOT_A_RUN, where=str(run_dir), hint=NOT_A_RUN_HINT)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(NOT_A_RUN, where=str(run_dir), hint=NOT_A_RUN_HINT) from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"run.json is unreadable: {exc}", where=str(path)) from None
+        data = json.loads(read_folder_file(Path(run_dir), RUN_RECORD, RECORD_MAX_BYTES))
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"run.json is unreadable: {exc}", where=str(path), hint=EDITED) from None
 
     def bad(field: str, why: str) -> UserError:
-        return UserError(f"run.json field '{field}' {why}", where=str(path),
-                         hint="the run folder was edited or damaged; evaluate a checkpoint with --spec, or run it again")
+        return UserError(f"run.json field '{field}' {why}", where=str(path), hint=EDITED)
 
     if not isinstance(data, dict) or data.get("format") != "advc-run":
         raise bad("format", "is not 'advc-run'")
     fields = [("experiment_id", str), ("experiment", dict), ("advc_version", str)]
     if rebuild:
-        fields += [("entry", str), ("files", list), ("overrides", list), ("training_id", str)]
+        fields += [("entry", str), ("files", list), ("overrides", list), ("training_id", str), ("spec_hash", str)]
     for field, kind in fields:
         if not isinstance(data.get(field), kind) or (kind is str and not data[field]):
             raise bad(field, f"must be a {'non-empty string' if kind is str else kind.__name__}")
@@ -289,9 +295,70 @@ def read_run_record(run_dir: Path, *, rebuild: bool = True) -> dict:
         if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not isinstance(item.get("copy"), str):
             raise bad("files", "must list {path, copy} entries")
         copy = Path(item["copy"])
-        if copy.is_absolute() or ".." in copy.parts or copy.parts[:1] != ("spec",):
-            raise bad("files", f"names a copy outside the folder's spec/: {item['copy']!r}")
+        if copy.is_absolute() or ".." in copy.parts or copy.parts[:1] != ("spec",) or len(copy.parts) < 2:
+            raise bad("files", f"names a copy outside the folder's spec/: {item['copy'][:200]!r}")
+    if rebuild and data["entry"] not in {item["path"] for item in data["files"]}:  # never a spec from the disk
+        raise bad("entry", "names no file the folder keeps a copy of")
     return data
+
+
+class FolderState:
+    """A run folder as ``--resume`` found it: a resume that fails before it writes a checkpoint (a
+    forged or damaged checkpoint, data gone missing, a NaN in the first resumed epoch) leaves the
+    folder as it was -- the records it rewrote put back, the files it added removed."""
+
+    RECORDS = ("run.json", "resolved.json", "objective.py", "metrics.jsonl", "metrics.csv")
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.entries = set(_entries(out))
+        self.saved = {}
+        for rel in [*self.RECORDS, *(f"spec/{p.name}" for p in sorted((out / "spec").glob("*")))]:
+            path = out / rel
+            if path.is_symlink():
+                self.saved[rel] = ("link", os.readlink(path))
+            elif path.is_file():
+                self.saved[rel] = ("file", path.read_bytes())
+        self.checkpoints = _checkpoint_stamps(out)
+
+    def restore_if_untrained(self) -> None:
+        if _checkpoint_stamps(self.out) != self.checkpoints:
+            return  # it trained on: what it wrote belongs to the run now
+        for rel, (kind, value) in self.saved.items():
+            path = self.out / rel
+            tmp = path.with_name(f".{path.name}.restore")
+            with contextlib.suppress(OSError):
+                if kind == "link":
+                    tmp.unlink(missing_ok=True)
+                    tmp.symlink_to(value)
+                else:
+                    tmp.write_bytes(value)
+                os.replace(tmp, path)
+        for rel in sorted(set(_entries(self.out)) - self.entries, key=len, reverse=True):
+            path = self.out / rel
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+
+def _entries(out: Path) -> list[str]:
+    """Every file, folder and link under ``out`` (links not followed), relative to it."""
+    found = []
+    for top, dirs, files in os.walk(out):
+        found += [str((Path(top) / name).relative_to(out)) for name in dirs + files]
+    return found
+
+
+def _checkpoint_stamps(out: Path) -> dict[str, tuple[int, int, int]]:
+    """Which checkpoint files there are and which write each is (a save replaces the file)."""
+    stamps = {}
+    for path in sorted((out / "checkpoints").glob("*.safetensors")):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            stamps[path.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return stamps
 
 
 def _remove_if_untrained(out: Path, created: bool) -> None:

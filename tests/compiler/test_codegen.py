@@ -55,8 +55,14 @@ def test_header_names_spec_hash_version_and_overrides():
 
 def test_sections_name_the_spec_line_they_came_from():
     _, source = compile_spec("specs/gair_fat.adv")
-    assert "# specs/gair_fat.adv:6 form minmin(tau = piecewise(0: 0, 40: 3, 70: 6), rho = 0)" in source
-    assert "# specs/madry.adv:5 threat linf(eps = 0.031)" in source
+
+    def line_of(path, text):
+        return next(i for i, line in enumerate(Path(path).read_text().splitlines(), 1) if line.lstrip().startswith(text))
+
+    form = line_of("specs/gair_fat.adv", "form")
+    threat = line_of("specs/madry.adv", "threat")
+    assert f"# specs/gair_fat.adv:{form} form minmin(tau = piecewise(0: 0, 40: 3, 70: 6), rho = 0)" in source
+    assert f"# specs/madry.adv:{threat} threat linf(eps = 0.031)" in source
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
@@ -150,3 +156,40 @@ def test_an_objective_without_a_train_block_loads_and_steps_in_the_users_loop(tm
     x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
     result, value = prog.train_step(model, optimizer, x, y, epoch=0)
     assert torch.isfinite(value) and result.x_adv.shape == x.shape
+
+
+MARK = "PWNED"  # in every hostile text below; where it lands in the module is checked
+
+
+def _quickstart(old: str = "", new: str = "") -> str:
+    return (ROOT / "specs" / "quickstart.adv").read_text().replace(old, new, 1)
+
+
+HOSTILE_BUT_VALID = {
+    "comment": (_quickstart("threat  linf(eps = 0.1)", 'threat  linf(eps = 0.1)  # """); __import__("os").system('
+                            '"PWNED") {{ 7*7 }} {% raw %} \x0c'), "specs/h.adv"),
+    "data root string": (_quickstart("data    digits", """data    cifar10(root = "x'); import os; """
+                                     """os.system('PWNED'); ('")"""), "specs/h.adv"),
+    "data root template": (_quickstart("data    digits", 'data    cifar10(root = "{{ PWNED.__class__ }} {% for x '
+                                       'in y %} #} \'\'\'")'), "specs/h.adv"),
+    "objective name": (_quickstart("objective quickstart {", "objective PWNED_import_os {"), "specs/h.adv"),
+    "file name with a newline": (_quickstart(), "specs/x\nimport os; os.system('PWNED') #.adv"),
+    "file name with quotes": (_quickstart(), "specs/x\"\"\"PWNED'); import os; ('.adv"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_BUT_VALID))
+def test_hostile_text_that_passes_the_checker_lands_only_in_comments_and_strings(case):
+    import io
+    import tokenize
+
+    from advc.compiler.check import check_text
+    from advc.compiler.codegen import generate
+    from advc.compiler.safety import validate
+
+    text, file = HOSTILE_BUT_VALID[case]
+    source = generate(check_text(text, file))  # the checker accepts it; generate() validates
+    validate(source)
+    carried = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if MARK in t.string]
+    assert carried, "the hostile text never reached the module: the case tests nothing"
+    assert [t for t in carried if t.type not in (tokenize.COMMENT, tokenize.STRING)] == []

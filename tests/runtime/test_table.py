@@ -445,9 +445,8 @@ def test_a_damaged_run_json_is_one_line_naming_it(tmp_path, content, message):
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(content, encoding="utf-8")
-    hint = "" if "unreadable" in message else (" -- hint: the run folder was edited or damaged; evaluate a checkpoint "
-                                               "with --spec, or run it again")
-    assert refused(paths=[run]) == f"error: {message} ({run / 'run.json'}){hint}"
+    hint = "the run folder was edited or damaged; evaluate a checkpoint with --spec, or run it again"
+    assert refused(paths=[run]) == f"error: {message} ({run / 'run.json'}) -- hint: {hint}"
 
 
 def test_a_bad_attack_list_gets_the_located_diagnostic(tmp_path):
@@ -571,7 +570,8 @@ def test_cost_sums_each_runs_epochs_and_averages_the_seeds(tmp_path):
     (epochs_of([3.0, 3.0], [1.0, 1.0]) + epochs_of([3.0], [1.0]), "metrics.jsonl does not record epochs 0-1 once each"),
     (epochs_of([3.0, float("nan")], [1.0, 1.0]), "metrics.jsonl epoch 1: bps_per_sample is not a finite number >= 0"),
     (epochs_of([3.0, 3.0], [1.0, -1.0]), "metrics.jsonl epoch 1: seconds is not a finite number >= 0"),
-    (epochs_of([3.0, "3"], [1.0, 1.0]), "metrics.jsonl epoch 1: bps_per_sample is not a finite number >= 0"),
+    # a row with a non-number in it is no epoch record at all (folders.read_metrics skips it)
+    (epochs_of([3.0, "3"], [1.0, 1.0]), "metrics.jsonl does not record epochs 0-1 once each"),
 ])
 def test_a_run_without_a_whole_training_record_shows_no_cost_and_its_seeds_no_mean(tmp_path, rows, why):
     good = trained(tmp_path, "fat-0", {"train.epochs": 2}, seed=0, best={"Natural": 80.0})
