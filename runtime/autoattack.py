@@ -389,7 +389,7 @@ def _apgd_run(
     x_out = x.clone()
     fooled_out = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_adv = _apgd_start(x, eps, norm, generator)
-    lo, hi = linf_box(x, eps) if norm == "linf" else (x, x)  # L2 projects with x itself
+    lo, hi = linf_box(x, eps) if norm == "linf" else (None, None)  # L2 projects with x
     logits, loss_now, grad = loss_and_input_grad(
         model, x_adv, functools.partial(_apgd_loss, loss, y=y, target=target)
     )
@@ -593,19 +593,24 @@ def _project_hyperplane_box(
     direction = -torch.sign(w)  # moving against w lowers <w, x>
     reach = torch.where(w > 0, t, 1.0 - t)  # distance to the box face we move towards
     weight = w.abs()
-    rate = torch.ones_like(weight) if norm == "linf" else weight
-    breaks = torch.where(rate > 0, reach / rate.clamp_min(_TINY), torch.full_like(reach, math.inf))
-
-    order = breaks.argsort(dim=1)
-    br, wr, ra, rr = (v.gather(1, order) for v in (breaks, weight, reach, rate))
-    done = torch.cumsum(wr * ra, dim=1) - wr * ra  # saturated coordinates' share before k
-    slope = torch.flip(torch.cumsum(torch.flip(wr * rr, [1]), dim=1), [1])  # sum_{j>=k}
+    if norm == "linf":  # c_i = 1: the breakpoints are the distances themselves
+        br, order = reach.sort(dim=1)
+        wr = weight.gather(1, order)
+        w_reach, w_rate = wr * br, wr  # |w_i| p_i and |w_i| c_i, in breakpoint order
+    else:  # c_i = |w_i|; a coordinate with w_i = 0 never moves
+        inf = torch.full_like(reach, math.inf)
+        br, order = torch.where(weight > 0, reach / weight.clamp_min(_TINY), inf).sort(dim=1)
+        wr = weight.gather(1, order)
+        w_reach, w_rate = wr * reach.gather(1, order), wr * wr
+    done = torch.cumsum(w_reach, dim=1) - w_reach  # saturated coordinates' share before k
+    slope = torch.flip(torch.cumsum(torch.flip(w_rate, [1]), dim=1), [1])  # sum_{j>=k}
     h_at_break = torch.where(slope > 0, done + br * slope, done)
     k = (h_at_break < r[:, None]).sum(dim=1)
     feasible = k < t.shape[1]
     k = k.clamp(max=t.shape[1] - 1)[:, None]
     lam = (r - done.gather(1, k).squeeze(1)) / slope.gather(1, k).squeeze(1).clamp_min(_TINY)
-    move = torch.minimum(lam.clamp_min(0.0)[:, None] * rate, reach)
+    lam = lam.clamp_min(0.0)[:, None]
+    move = torch.minimum(lam if norm == "linf" else lam * weight, reach)
     move = torch.where(feasible[:, None], move, reach)
     return direction * move
 
