@@ -427,7 +427,7 @@ def test_stopping_settled_rows_changes_no_verdict(attack, monkeypatch):
 def _plain_square(model, x, y, eps, queries, generator):
     """The Square L-inf search as the paper writes it, as a test oracle: every still-robust
     sample queries the model at every iteration, windows are cut by slicing. It draws
-    corners and signs in the same order as :func:`advc.runtime.autoattack.square`."""
+    window positions and signs in the same order as :func:`advc.runtime.autoattack.square`."""
     n, c, h, w = x.shape
     lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
     up = torch.randint(0, 2, (n, c, 1, w), generator=generator).bool()
@@ -440,8 +440,8 @@ def _plain_square(model, x, y, eps, queries, generator):
         if m == 0:
             break
         s = min(max(round(math.sqrt(aa._square_p(0.8, it, queries, False) * h * w)), 1), h, w)
-        top = torch.randint(0, h - s + 1, (m,), generator=generator)
-        left = torch.randint(0, w - s + 1, (m,), generator=generator)
+        pos = torch.randint(0, (h - s + 1) * (w - s + 1), (m,), generator=generator)
+        top, left = pos // (w - s + 1), pos % (w - s + 1)
         up = torch.randint(0, 2, (m, c, 1, 1), generator=generator).bool()
         cand = best[idx].clone()
         for k in range(m):
@@ -476,6 +476,20 @@ def test_square_returns_the_plain_search_points_with_fewer_model_queries():
     assert ours_rows < 0.8 * plain_rows  # about half the late 1-pixel candidates change nothing
 
 
+@pytest.mark.parametrize("h, w, s", [(8, 8, 3), (5, 7, 2), (64, 64, 1), (64, 64, 5)])
+def test_square_windows_are_the_s_by_s_squares_at_their_positions(h, w, s):
+    # small images look windows up in a table, large ones (64 x 64 at s = 1: a 2^24 table)
+    # build them from the corners: both are the slice [top : top + s, left : left + s]
+    across = w - s + 1
+    pos = torch.randint(0, (h - s + 1) * across, (50,), generator=torch.Generator().manual_seed(0))
+    masks = aa._square_windows(pos, s, s, h, w)
+    assert masks.shape == (50, 1, h, w)
+    for k, p in enumerate(pos.tolist()):
+        expected = torch.zeros(h, w, dtype=torch.bool)
+        expected[p // across : p // across + s, p % across : p % across + s] = True
+        assert torch.equal(masks[k, 0], expected)
+
+
 class _WeightViewingConv(nn.Conv2d):
     """A Conv2d subclass that views its weight as a matrix, as weight standardisation does:
     it would break on a channels-last weight, so the layout must leave it alone."""
@@ -486,20 +500,23 @@ class _WeightViewingConv(nn.Conv2d):
         return F.conv2d(x, w, self.bias, self.stride, self.padding)
 
 
-def test_fast_layout_keeps_predictions_and_restores_the_weights_exactly(digits_cnn):
+def test_fast_layout_keeps_logits_and_gradients_and_restores_the_model_exactly(digits_cnn):
     model, x, y, eps = digits_cnn
     net = nn.Sequential(_WeightViewingConv(1, 1, 3, padding=1), nn.ReLU(), model)
     before = {name: (p, p.data, p.stride()) for name, p in net.named_parameters()}
-    with torch.no_grad():
-        plain = net(x)
-        with aa._fast_layout(net, x):
-            conv = model[0].weight
-            assert conv.is_contiguous(memory_format=torch.channels_last)
-            assert conv.stride() == (9, 1, 3, 1)  # one input channel: set explicitly
-            assert net[0].weight.stride() == (9, 9, 3, 1)  # the subclass is left alone
-            fast = net(x)
-    assert torch.allclose(plain, fast, atol=1e-5)
+    plain_logits, _, plain_grad = aa.loss_and_input_grad(net, x, lambda z: z.logsumexp(1))
+    with aa._fast_layout(net, x):
+        conv = model[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+        assert conv.stride() == (9, 1, 3, 1)  # one input channel: set explicitly
+        assert net[0].weight.stride() == (9, 9, 3, 1)  # the subclass is left alone
+        logits, _, grad = aa.loss_and_input_grad(net, x, lambda z: z.logsumexp(1))
+        with aa._fast_layout(net, x):  # nested: nothing more to do
+            assert sum(len(m._forward_hooks) for m in net.modules()) == len(list(net.modules()))
+    assert torch.allclose(plain_logits, logits, atol=1e-5)
+    assert torch.allclose(plain_grad, grad, atol=1e-6)
     aa.run_autoattack(net, x[:20], y[:20], eps=eps, steps=5, n_targets=2, square_queries=20)
     for name, p in net.named_parameters():
         param, data, stride = before[name]
         assert p is param and p.data.data_ptr() == data.data_ptr() and p.stride() == stride
+    assert all(not m._forward_hooks for m in net.modules())
