@@ -1,6 +1,6 @@
 """advc's standard AutoAttack against torchattacks' on the quickstart's best checkpoint (issue #11).
 
-    python benchmarks/autoattack_speed.py [--run DIR] [--repeats 3] [--smoke]
+    python benchmarks/autoattack_speed.py [--run DIR] [--repeats 3] [--components] [--smoke]
 
 Without ``--run`` it first trains the quickstart once (``advc run specs/quickstart.adv
 --no-eval``, into a temporary folder). It loads ``DIR/checkpoints/best.safetensors`` into
@@ -14,6 +14,9 @@ it: torchattacks' AutoAttack wrapper leaves its components at their class defaul
 iterations, Square with a rescaled schedule), so its APGD, APGD-T and FAB get the standard
 version's 100 iterations and Square its 5000 queries with the published, un-rescaled schedule.
 Both sides: APGD-CE (1 restart), APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries).
+
+``--components`` adds a table of each component alone (CPU seconds, one run each, on the
+samples the previous components left robust): where the time goes.
 
 ``--smoke``: an untrained model (its own predictions as labels), a few samples, a few iterations and queries, one repeat;
 it checks that the benchmark still runs (tests/benchmarks/test_smoke.py).
@@ -79,6 +82,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a quickstart run folder (default: train one)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (interleaved)")
+    parser.add_argument("--components", action="store_true",
+                        help="also time each component alone (CPU seconds, one run each)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark still runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -87,6 +92,7 @@ def main(argv=None) -> int:
     from advc.runtime.data import load_dataset
 
     if args.smoke:
+        torch.manual_seed(0)  # the untrained model's weights
         model, n, steps, queries, repeats = load_model(None), 6, 3, 20, 1
     else:
         steps, queries, repeats = 100, 5000, args.repeats
@@ -149,7 +155,38 @@ def main(argv=None) -> int:
     print(f"\ntorchattacks / advc: {med['torchattacks'] / med['advc']:.2f}x wall time, "
           f"{med_cpu['torchattacks'] / med_cpu['advc']:.2f}x CPU time; "
           f"accuracy difference {acc['advc'] - acc['torchattacks']:+.2f} points")
+    if args.components or args.smoke:
+        components(model, x, y, steps, queries, torchattacks)
     return 0
+
+
+def components(model, x, y, steps: int, queries: int, torchattacks) -> None:
+    """Each component alone, in the ensemble's order, on the samples the previous ones left
+    robust (each implementation its own), CPU seconds: where the time goes."""
+    from advc.runtime.autoattack import STANDARD_ATTACKS, predict_labels, run_autoattack
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [lambda xs, ys, name=name: run_autoattack(
+        model, xs, ys, eps=EPS, steps=steps, square_queries=queries, attacks=(name,),
+        generator=gen).x_adv for name in STANDARD_ATTACKS]
+    theirs = torchattacks_autoattack(torchattacks, model, steps, queries)._autoattack.attacks
+    rows = {}
+    for impl, attacks in (("advc", ours), ("torchattacks", theirs)):
+        robust = predict_labels(model, x) == y
+        for name, attack in zip(STANDARD_ATTACKS, attacks, strict=True):
+            idx = robust.nonzero().squeeze(1)
+            start = time.process_time()
+            adv = attack(x[idx], y[idx]) if idx.numel() else x[idx]
+            seconds = time.process_time() - start
+            robust[idx[predict_labels(model, adv) != y[idx]]] = False
+            rows.setdefault(name, {})[impl] = (idx.numel(), int(robust.sum()), seconds)
+    print("\n| component | advc: samples in -> robust | advc CPU s | torchattacks: samples in -> "
+          "robust | torchattacks CPU s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        (a_in, a_out, a_s), (t_in, t_out, t_s) = r["advc"], r["torchattacks"]
+        print(f"| {name} | {a_in} -> {a_out} | {a_s:.1f} | {t_in} -> {t_out} | {t_s:.1f} | "
+              f"{t_s / a_s if a_s else float('nan'):.2f} |")
 
 
 if __name__ == "__main__":
