@@ -18,8 +18,9 @@ Both sides: APGD-CE (1 restart), APGD-T (9 targets), FAB-T (9 targets), Square (
 ``--components`` adds a table of each component alone (CPU seconds, one run each, on the
 samples the previous components left robust): where the time goes.
 
-``--smoke``: an untrained model (its own predictions as labels), a few samples, a few iterations and queries, one repeat;
-it checks that the benchmark still runs (tests/benchmarks/test_smoke.py).
+``--smoke``: an untrained model (its own predictions as labels), a few samples, a few
+iterations and queries, one repeat; it checks that the benchmark still runs
+(tests/benchmarks/test_smoke.py).
 """
 
 from __future__ import annotations

@@ -702,10 +702,10 @@ def _fab_run(
 
     FAB-T has no random draw, so each row's trajectory is its own: with ``stop_at``, a row
     whose closest adversarial is within ``stop_at`` (its verdict under that budget is
-    settled) leaves the batch at the next tenth iteration, together with the other rows of its ``owner`` (targets
-    batched for one sample); it keeps the adversarial it found. (Reusing the pass that
-    checks x_i for the next linearisation does not pay: most iterates land on the wrong
-    side and move back, so they would be linearised twice.)
+    settled) leaves the batch at the next tenth iteration, together with the other rows of
+    its ``owner`` (targets batched for one sample); it keeps the adversarial it found.
+    (Reusing the pass that checks x_i for the next linearisation does not pay: most iterates
+    land on the wrong side and move back, so they would be linearised twice.)
     """
     n = x0.shape[0]
     best = x0.clone()
@@ -917,7 +917,13 @@ def square(
         best_margin = margin_of(best, y)  # >= 0: misclassified
         # the still-robust samples, as a compact batch
         idx = (best_margin < 0).nonzero().squeeze(1)
-        cur = {"lo": lo[idx], "hi": hi[idx], "y": y[idx], "best": best[idx], "margin": best_margin[idx]}
+        cur = {
+            "lo": lo[idx],
+            "hi": hi[idx],
+            "y": y[idx],
+            "best": best[idx],
+            "margin": best_margin[idx],
+        }
         for it in range(queries):
             m = idx.numel()
             if m == 0:
