@@ -3,13 +3,15 @@ to PGD, and a cross-check against torchattacks, an implementation no one here wr
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from advc.runtime import autoattack as aa
-from advc.runtime.attacks import ascent_step, project, random_start
+from advc.runtime.attacks import ascent_step, margin, project, random_start
 from advc.runtime.evaluate import AttackConfig, robust_accuracy, robust_flags
 
 # ----------------------------------------------------------------------------------------
@@ -331,3 +333,190 @@ def test_cross_check_against_torchattacks(digits_cnn):
     )
     assert abs(ours_pgd - theirs_pgd) <= 1.0
     assert abs(ours_aa - theirs_aa) <= 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# the fast paths (issue #11): same verdicts as the plain algorithms
+# ----------------------------------------------------------------------------------------
+
+
+def _reachable_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float):
+    """On a linear model, per sample and class j: whether the L-inf eps-ball reaches j's
+    side of the pairwise boundary, z_y - z_j < eps * ||w_y - w_j||_1 (the data of
+    :func:`_linear_multiclass` keep eps away from the box faces, so the box never binds).
+    The true class is marked unreachable."""
+    w = model[1].weight.detach()
+    with torch.no_grad():
+        z = model(x)
+    gap = z.gather(1, y[:, None]) - z
+    dual = (w[y][:, None, :] - w[None, :, :]).abs().sum(-1)
+    reach = gap < eps * dual
+    reach[torch.arange(len(y)), y] = False
+    return reach
+
+
+@pytest.mark.parametrize("attack", ["apgd-t", "fab-t"])
+def test_targets_in_one_batched_pass_leave_a_sample_robust_iff_no_target_reaches_it(
+    attack, monkeypatch
+):
+    eps = 0.05
+    model, x, y, _ = _linear_multiclass(eps, "linf", n=120, classes=4)
+    reach = _reachable_targets(model, x, y, eps)
+    correct = model(x).argmax(1) == y
+    expected = correct & ~reach.any(dim=1)  # 3 targets: every other class
+    assert 10 < int(expected.sum()) < int(correct.sum())
+
+    passes = []  # rows of each run: a single pass must hold all 3 targets of every sample
+    inner = aa._apgd_run if attack == "apgd-t" else aa._fab_run
+
+    def spy(model, x, *args, **kwargs):
+        passes.append(x.shape[0])
+        return inner(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(aa, "_apgd_run" if attack == "apgd-t" else "_fab_run", spy)
+    fn = aa.apgd_targeted if attack == "apgd-t" else aa.fab_targeted
+    kwargs = {"generator": torch.Generator().manual_seed(0)} if attack == "apgd-t" else {}
+    x_adv = fn(model, x, y, eps=eps, rows_per_pass=3 * len(y), **kwargs)
+
+    assert passes == [3 * int(correct.sum())]
+    with torch.no_grad():
+        robust = model(x_adv).argmax(1) == y
+    assert torch.equal(robust, expected)
+    assert (x_adv - x).abs().max().item() <= eps + 1e-6
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert torch.equal(x_adv[robust], x[robust])
+
+
+def test_fab_t_breaks_the_same_samples_batched_over_targets_as_one_target_at_a_time(digits_cnn):
+    # FAB-T draws nothing at random: each (sample, target) trajectory is fixed, so the
+    # batched pass and the sequential loop must agree sample by sample
+    model, x, y, eps = digits_cnn
+    sequential = aa.fab_targeted(model, x, y, eps=eps, steps=30, n_targets=3, rows_per_pass=1)
+    batched = aa.fab_targeted(model, x, y, eps=eps, steps=30, n_targets=3, rows_per_pass=10**6)
+    with torch.no_grad():
+        broken_seq = model(sequential).argmax(1) != y
+        broken_bat = model(batched).argmax(1) != y
+    assert int(broken_seq.sum()) > int((model(x).argmax(1) != y).sum())  # FAB-T did break some
+    assert torch.equal(broken_seq, broken_bat)
+
+
+@pytest.mark.parametrize("attack", ["apgd", "fab"])
+def test_stopping_settled_rows_changes_no_verdict(attack, monkeypatch):
+    # every row's trajectory is its own: letting fooled rows run to the end (the reference
+    # code) reports the same fooled rows as dropping them from the batch once settled
+    model, x, y, _ = _linear_multiclass(0.05, "linf", n=150, classes=4)
+    target = model(x).sort(1).indices[:, -2]
+
+    def run():
+        if attack == "apgd":
+            g = torch.Generator().manual_seed(1)
+            _, fooled = aa._apgd_run(model, x, y, "ce", eps=0.05, norm="linf", steps=50,
+                                     rho=0.75, momentum=0.75, generator=g)
+            return fooled
+        _, dist = aa._fab_run(model, x, y, target, norm="linf", steps=50, alpha_max=0.1,
+                              eta=1.05, beta=0.9, stop_at=0.05)
+        return dist <= 0.05
+
+    early = run()
+    monkeypatch.setattr(aa, "_settled", lambda done, owner: torch.zeros_like(done))
+    full = run()
+    assert 0 < int(early.sum()) < len(y)
+    assert torch.equal(early, full)
+
+
+def _plain_square(model, x, y, eps, queries, generator):
+    """The Square L-inf search as the paper writes it, as a test oracle: every still-robust
+    sample queries the model at every iteration, windows are cut by slicing. It draws
+    window positions and signs in the same order as :func:`advc.runtime.autoattack.square`."""
+    n, c, h, w = x.shape
+    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    up = torch.randint(0, 2, (n, c, 1, w), generator=generator).bool()
+    best = torch.where(up, hi, lo)
+    with torch.no_grad():
+        best_margin = margin(model(best), y)
+    for it in range(queries):
+        idx = (best_margin < 0).nonzero().squeeze(1)
+        m = idx.numel()
+        if m == 0:
+            break
+        s = min(max(round(math.sqrt(aa._square_p(0.8, it, queries, False) * h * w)), 1), h, w)
+        pos = torch.randint(0, (h - s + 1) * (w - s + 1), (m,), generator=generator)
+        top, left = pos // (w - s + 1), pos % (w - s + 1)
+        up = torch.randint(0, 2, (m, c, 1, 1), generator=generator).bool()
+        cand = best[idx].clone()
+        for k in range(m):
+            t, l_ = int(top[k]), int(left[k])
+            face = torch.where(up[k], hi[idx[k]], lo[idx[k]])
+            cand[k, :, t : t + s, l_ : l_ + s] = face[:, t : t + s, l_ : l_ + s]
+        with torch.no_grad():
+            cand_margin = margin(model(cand), y[idx])
+        better = cand_margin > best_margin[idx]
+        best[idx[better]] = cand[better]
+        best_margin[idx[better]] = cand_margin[better]
+    return best
+
+
+def test_square_returns_the_plain_search_points_with_fewer_model_queries():
+    # skipped candidates (equal to the current point), the compact batch and the window
+    # table are exact: for the same draws the points are those of the plain search
+    model, x, y, _ = _linear_multiclass(0.05, "linf", n=100)
+    model, x = model.double(), x.double()
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, inp: rows.append(inp[0].shape[0]))
+    queries = 400
+    ours = aa.square(model, x, y, eps=0.05, queries=queries,
+                     generator=torch.Generator().manual_seed(5))
+    ours_rows, rows[:] = sum(rows), []
+    plain = _plain_square(model, x, y, 0.05, queries, torch.Generator().manual_seed(5))
+    plain_rows = sum(rows)
+    hook.remove()
+    with torch.no_grad():
+        assert 0 < int((model(plain).argmax(1) != y).sum()) < len(y)
+    assert torch.equal(ours, plain)
+    assert ours_rows < 0.8 * plain_rows  # about half the late 1-pixel candidates change nothing
+
+
+@pytest.mark.parametrize("h, w, s", [(8, 8, 3), (5, 7, 2), (64, 64, 1), (64, 64, 5)])
+def test_square_windows_are_the_s_by_s_squares_at_their_positions(h, w, s):
+    # small images look windows up in a table, large ones (64 x 64 at s = 1: a 2^24 table)
+    # build them from the corners: both are the slice [top : top + s, left : left + s]
+    across = w - s + 1
+    pos = torch.randint(0, (h - s + 1) * across, (50,), generator=torch.Generator().manual_seed(0))
+    masks = aa._square_windows(pos, s, s, h, w)
+    assert masks.shape == (50, 1, h, w)
+    for k, p in enumerate(pos.tolist()):
+        expected = torch.zeros(h, w, dtype=torch.bool)
+        expected[p // across : p // across + s, p % across : p % across + s] = True
+        assert torch.equal(masks[k, 0], expected)
+
+
+class _WeightViewingConv(nn.Conv2d):
+    """A Conv2d subclass that views its weight as a matrix, as weight standardisation does:
+    it would break on a channels-last weight, so the layout must leave it alone."""
+
+    def forward(self, x):
+        w = self.weight.view(self.out_channels, -1)
+        w = (w - w.mean(1, keepdim=True)).view_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_fast_layout_keeps_logits_and_gradients_and_restores_the_model_exactly(digits_cnn):
+    model, x, y, eps = digits_cnn
+    net = nn.Sequential(_WeightViewingConv(1, 1, 3, padding=1), nn.ReLU(), model)
+    before = {name: (p, p.data, p.stride()) for name, p in net.named_parameters()}
+    plain_logits, _, plain_grad = aa.loss_and_input_grad(net, x, lambda z: z.logsumexp(1))
+    with aa._fast_layout(net, x):
+        conv = model[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+        assert conv.stride() == (9, 1, 3, 1)  # one input channel: set explicitly
+        assert net[0].weight.stride() == (9, 9, 3, 1)  # the subclass is left alone
+        logits, _, grad = aa.loss_and_input_grad(net, x, lambda z: z.logsumexp(1))
+        with aa._fast_layout(net, x):  # nested: nothing more to do
+            assert sum(len(m._forward_hooks) for m in net.modules()) == len(list(net.modules()))
+    assert torch.allclose(plain_logits, logits, atol=1e-5)
+    assert torch.allclose(plain_grad, grad, atol=1e-6)
+    aa.run_autoattack(net, x[:20], y[:20], eps=eps, steps=5, n_targets=2, square_queries=20)
+    for name, p in net.named_parameters():
+        param, data, stride = before[name]
+        assert p is param and p.data.data_ptr() == data.data_ptr() and p.stride() == stride
+    assert all(not m._forward_hooks for m in net.modules())
