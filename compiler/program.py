@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass, replace
 
 from . import ast, ir
-from .check import PROGRESS_HINT, PROGRESS_NEEDS_TRAIN, Checker, Scope, builtin_names, show
+from .check import Checker, show
 from .diagnostics import Reporter, Span, did_you_mean, one_of, render_one
+from .expressions import PROGRESS_HINT, PROGRESS_NEEDS_TRAIN, Scope, builtin_names
 from .fmt import expr as expr_text
 from .identity import etext
 from .resolve import Resolved
@@ -483,21 +484,54 @@ def evaluation_list(check: Checker, items) -> tuple[ir.EvalAttack, ...] | None:
 
 def settle(b: Builder, epochs: int | None) -> bool:
     """Resolve references, reject cycles, fold constants, check every value over the run."""
-    pending = b.pending
+    if not _known_refs(b, epochs):
+        return False
+    order = _dependency_order(b)
+    if order is None:
+        return False
+    shapes = _time_shapes(b, order)
+    if shapes is None:
+        return False
+    varies, per_step = shapes
+    pending, ok = b.pending, True
+    values = _Values(pending, epochs)
+    for key in order:
+        p = pending[key]
+        const = None if varies[key] else values.at(key, 0)
+        if const is None and not varies[key]:
+            ok = False
+            continue
+        extremes = _ranges(b, p, values, epochs, varies[key], per_step[key])
+        if extremes is None:
+            ok = False
+            continue
+        if const is not None and p.param.kind == "int":
+            const = int(const)
+        b.settled[key] = ir.Setting(key, p.name, p.x, p.param.kind == "int", p.origin, const, per_step[key], p.text,
+                                    *extremes)
+    return ok and _cross_checks(b, values, epochs)
+
+
+def _known_refs(b: Builder, epochs: int | None) -> bool:
+    """Every setting a value refers to exists; ``progress`` only with a train block."""
     ok = True
-    # references to settings this spec does not have
-    for p in pending.values():
+    for p in b.pending.values():
         for node in ir.xwalk(p.x):
-            if isinstance(node, ir.XRef) and node.key not in pending:
+            if isinstance(node, ir.XRef) and node.key not in b.pending:
                 b.error(f"'{node.name}' is not set in this spec", p.span,
                         f"'{p.name}' refers to it; set it, or write the number")
                 ok = False
             if isinstance(node, ir.XVar) and node.name == "progress" and epochs is None:
                 b.error(PROGRESS_NEEDS_TRAIN, p.span, PROGRESS_HINT)
                 ok = False
-    if not ok:
-        return False
-    # cycles: depth-first, reporting every setting on a cycle once
+    return ok
+
+
+def _dependency_order(b: Builder) -> list[str] | None:
+    """The settings, each after those it refers to (depth first); None when some refer to
+    each other, with every setting on a cycle reported once."""
+    pending = b.pending
+    ok = True
     order: list[str] = []
     state: dict[str, int] = {}
 
@@ -521,8 +555,13 @@ def settle(b: Builder, epochs: int | None) -> bool:
 
     for key in pending:
         visit(key, [])
-    if not ok:
-        return False
+    return order if ok else None
+
+
+def _time_shapes(b: Builder, order: list[str]) -> tuple[dict[str, bool], dict[str, bool]] | None:
+    """Which settings vary over the run and which change at every step (through their own
+    schedule or one they refer to), or None when a setting changes where it cannot."""
+    pending, ok = b.pending, True
     varies: dict[str, bool] = {}
     per_step: dict[str, bool] = {}
     for key in order:  # dependencies first
@@ -552,24 +591,7 @@ def settle(b: Builder, epochs: int | None) -> bool:
         if varies[key] and not p.param.varies:
             b.error(f"'{p.name}' is one value for the whole run; it cannot follow a schedule or the epoch", p.span)
             ok = False
-    if not ok:
-        return False
-    values = _Values(pending, epochs)
-    for key in order:
-        p = pending[key]
-        const = None if varies[key] else values.at(key, 0)
-        if const is None and not varies[key]:
-            ok = False
-            continue
-        extremes = _ranges(b, p, values, epochs, varies[key], per_step[key])
-        if extremes is None:
-            ok = False
-            continue
-        if const is not None and p.param.kind == "int":
-            const = int(const)
-        b.settled[key] = ir.Setting(key, p.name, p.x, p.param.kind == "int", p.origin, const, per_step[key], p.text,
-                                    *extremes)
-    return ok and _cross_checks(b, values, epochs)
+    return (varies, per_step) if ok else None
 
 
 class _Values:
@@ -798,8 +820,9 @@ def _interval(e: ir.E, ranges) -> tuple[float, float]:
 # --- the program ------------------------------------------------------------------------------
 
 
-def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.Program | None:
-    b = Builder(report)
+def _clause_set(b: Builder, merged: Resolved) -> None:
+    """The objective's clauses as a set: none unknown, the three required ones present, no
+    'where' bindings on threat and attack."""
     c = merged.clauses
     for key, clause in c.items():
         if key not in OBJECTIVE_CLAUSES:
@@ -815,6 +838,34 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
         if clause is not None and clause.where:
             b.error(f"'{key}' takes no 'where' bindings", clause.where[0].span,
                     "bindings belong to weight, loss and stop expressions")
+
+
+def _settled_train(b: Builder, train, merged: Resolved) -> ir.Train | bool:
+    """The train block's IR from its checked clauses and the settled values (False: reported)."""
+    s = b.settled
+    data, model, values, (optim, oargs), guard = train
+    v = {k: (s[x].const if isinstance(x, str) and x in s else x) for k, x in values.items()}
+    origins = tuple((k, b.origin(cl)) for k, cl in sorted(merged.train.items()) if cl.span is not None)
+    # a constant argument as its value, one that follows the epoch (or the step) as its setting
+    optim_args = tuple(sorted((k, (s[x].const if s[x].const is not None else s[x]) if isinstance(x, str) and x in s
+                               else x) for k, x in oargs.items() if k != "lr"))
+    train_ir = ir.Train(data[0], data[1], model[0], model[1], int(v["epochs"]), int(v["batch"]), int(v["seed"]),
+                        optim, s[oargs["lr"]], optim_args, v["precision"], v["val"], v["augment"], v["sync_bn"],
+                        v["channels_last"], v["compile"], origins,
+                        _settled_guard(s, guard, b.origin(merged.train.get("guard"))))
+    if isinstance(train_ir.val, float) and train_ir.val >= 1 and not train_ir.val.is_integer():
+        b.error("'val' is a fraction below 1 or a whole number of samples", merged.train["val"].value.span)
+        return False
+    return train_ir
+
+
+def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.Program | None:
+    """The checked program of a resolved spec, or None with every problem in ``report``: each
+    clause checked (``_threat`` ... ``_loss``, ``_train``), the settings settled over the run
+    (:func:`settle`), then the IR assembled from the settled values and the warnings added."""
+    b = Builder(report)
+    c = merged.clauses
+    _clause_set(b, merged)
     norm = _threat(b, c.get("threat"))
     attack = _attack(b, c.get("attack"))
     train = _train(b, merged)
@@ -872,21 +923,9 @@ def build(merged: Resolved, report: Reporter, overrides, spec_hash: str) -> ir.P
         weight_ir = replace(weight_ir, sign=sign)
     lexpr, lplain = loss
     loss_ir = ir.Loss(lexpr, tuple(s[k] for k in lplain.values()), b.origin(c["loss"]))
-    train_ir = None
-    if train != "absent":
-        data, model, values, (optim, oargs), guard = train
-        v = {k: (s[x].const if isinstance(x, str) and x in s else x) for k, x in values.items()}
-        origins = tuple((k, b.origin(cl)) for k, cl in sorted(merged.train.items()) if cl.span is not None)
-        # a constant argument as its value, one that follows the epoch (or the step) as its setting
-        optim_args = tuple(sorted((k, (s[x].const if s[x].const is not None else s[x]) if isinstance(x, str) and x in s
-                                   else x) for k, x in oargs.items() if k != "lr"))
-        train_ir = ir.Train(data[0], data[1], model[0], model[1], int(v["epochs"]), int(v["batch"]), int(v["seed"]),
-                            optim, s[oargs["lr"]], optim_args, v["precision"], v["val"], v["augment"], v["sync_bn"],
-                            v["channels_last"], v["compile"], origins,
-                            _settled_guard(s, guard, b.origin(merged.train.get("guard"))))
-        if isinstance(train_ir.val, float) and train_ir.val >= 1 and not train_ir.val.is_integer():
-            b.error("'val' is a fraction below 1 or a whole number of samples", merged.train["val"].value.span)
-            return None
+    train_ir = None if train == "absent" else _settled_train(b, train, merged)
+    if train_ir is False:
+        return None
     settings = tuple(s[k] for k in b.pending if k in s)
     program = ir.Program(
         name=merged.name.name, file=merged.files[-1][0] if merged.files else "<spec>", chain=tuple(merged.chain),

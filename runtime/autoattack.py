@@ -386,6 +386,9 @@ def _apgd_run(
     every row for all ``steps``; the fooled mask it reports is the same, the remaining
     iterations only move a fooled row to another misclassified point. Checking at the
     checkpoints, not every step, costs one host synchronisation per checkpoint.
+
+    One function on purpose: the loop is the paper's APGD iteration in the paper's order, and
+    its per-row state (the dict ``s``, compacted as rows finish) is read by every line of it.
     """
     n = x.shape[0]
     x_out = x.clone()
@@ -665,6 +668,8 @@ def _fab_run(
     its ``owner`` (targets batched for one sample); it keeps the adversarial it found.
     (Reusing the pass that checks x_i for the next linearisation does not pay: most iterates
     land on the wrong side and move back, so they would be linearised twice.)
+
+    One function on purpose, like :func:`_apgd_run`: the iteration is the paper's, in order.
     """
     n = x0.shape[0]
     best = x0.clone()
@@ -841,6 +846,9 @@ def square(
     never moves the bottom row or right column after the initialisation; on tiny images
     this makes this Square measurably stronger than the reference's).
 
+    One function on purpose: the search is one loop whose state (the compact batch of
+    still-robust samples) is read by every line of it; pieces would pass that state around.
+
     Cost: every coordinate always sits on a face of the box, so a candidate whose window
     already holds the drawn signs equals the current point (half of the 1-pixel windows
     of the late iterations, on a one-channel image); its margin is known and it cannot be
@@ -961,6 +969,9 @@ def run_autoattack(
     ``steps`` is the iteration count of APGD and FAB (100 in the standard version),
     ``square_queries`` Square's query budget (5000). ``attacks`` picks a subset (in the
     given order), e.g. to leave Square out under L2.
+
+    Its length is the four components' calls written out one argument per line (the
+    formatter's style in this file), so that each reads beside AutoAttack's own table.
     """
     _check_norm(norm)
     if version != "standard":

