@@ -9,6 +9,7 @@ Every failure -- bad bytes, bad characters, unexpected tokens, absurd nesting --
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -252,12 +253,15 @@ def _parse_error(exc: LarkError, parser: Lark, file: str, text: str) -> Diagnost
     return Diagnostic(f"cannot parse: {exc}", Span(file, 1, 1, 1, 2))  # pragma: no cover
 
 
-def decode(data: bytes, file: str) -> str:
-    """UTF-8 text of a spec, or a diagnostic pointing at the first undecodable byte."""
+def decode(data: bytes, file: str, size: int | None = None) -> str:
+    """UTF-8 text of a spec, or a diagnostic pointing at the first undecodable byte. ``size``:
+    the file's size when ``data`` is only its first MAX_BYTES + 1 bytes (0: not known)."""
     if len(data) > MAX_BYTES:
         first = data[:120].split(b"\n", 1)[0].decode("utf-8", errors="replace")
+        size = len(data) if size is None else size
+        how_big = f"{size} bytes" if size > MAX_BYTES else f"more than {MAX_BYTES} bytes"
         raise SpecError(
-            [Diagnostic(f"spec is {len(data)} bytes; the limit is {MAX_BYTES}", Span(file, 1, 1, 1, 2),
+            [Diagnostic(f"spec is {how_big}; the limit is {MAX_BYTES}", Span(file, 1, 1, 1, 2),
                         "a spec is a few KB; is this the right file?")],
             Sources({file: first}),
         )
@@ -355,11 +359,13 @@ def parse_eval_list(text: str, file: str = "<expr>") -> tuple[ast.Expr, ...]:
 def read_spec(path: str | Path) -> ast.Spec:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:  # bounded: /dev/zero or a huge file cannot make advc read forever
+            data = f.read(MAX_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size if len(data) > MAX_BYTES else None
     except FileNotFoundError:
         raise SpecError([Diagnostic(f"no such spec file: {path}", None, "check the path")]) from None
     except IsADirectoryError:
         raise SpecError([Diagnostic(f"{path} is a folder, not a spec file", None)]) from None
     except OSError as exc:
         raise SpecError([Diagnostic(f"cannot read {path}: {exc.strerror}", None)]) from None
-    return parse_text(decode(data, str(path)), str(path))
+    return parse_text(decode(data, str(path), size), str(path))

@@ -24,6 +24,11 @@ def run_loggers() -> str | None:
     return "tensorboard" if found else None
 
 
+#: the run's plots are redrawn at most this often while it trains, and always after its last
+#: epoch: on a quick run, drawing three figures every epoch would cost more than the epochs
+PLOT_EVERY_S = 30.0
+
+
 class TrackedRun(RunFolder):
     def __init__(self, args, accelerator, **kw):
         super().__init__(args, accelerator, **kw)
@@ -31,6 +36,7 @@ class TrackedRun(RunFolder):
         self.task = None
         self.lock = None
         self.timed: list[float] = []  # seconds of the epochs this process trained
+        self.plotted = time.monotonic()  # when the plots were last drawn
 
     # start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,7 +82,9 @@ class TrackedRun(RunFolder):
             from advc.runtime.report import write_metrics_csv, write_plots
 
             write_metrics_csv(self.dir, self.history)
-            write_plots(self.dir, self.history)
+            if record["epoch"] >= self.epochs - 1 or time.monotonic() - self.plotted >= PLOT_EVERY_S:
+                write_plots(self.dir, self.history)
+                self.plotted = time.monotonic()
         if self.accelerator.log_with:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.accelerator.log(numbers, step=record["epoch"])

@@ -1179,3 +1179,19 @@ def test_run_without_a_train_block_says_what_is_missing_in_one_line(tmp_path):
     assert done.stderr == ("error: objective 'a' has no train block: advc run needs its data, model, epochs and "
                            "optim (alone.adv) -- hint: add: train { data digits  model small_cnn  epochs 10  "
                            "optim sgd(lr = 0.1) }\n")
+
+
+def test_a_spec_path_that_never_ends_is_read_bounded_and_refused():
+    """``advc check /dev/zero`` (or a huge file) reads at most the limit plus one byte."""
+    with pytest.raises(SpecError) as info:
+        check_file("/dev/zero")
+    first = info.value.diagnostics[0]
+    assert first.message == f"spec is more than {MAX_BYTES} bytes; the limit is {MAX_BYTES}"
+
+
+def test_a_spec_larger_than_the_limit_says_its_real_size(tmp_path):
+    big = tmp_path / "big.adv"
+    big.write_bytes(b"#" * (4 * MAX_BYTES))
+    with pytest.raises(SpecError) as info:
+        check_file(big)
+    assert info.value.diagnostics[0].message == f"spec is {4 * MAX_BYTES} bytes; the limit is {MAX_BYTES}"
