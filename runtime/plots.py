@@ -143,6 +143,21 @@ def _order(differences: Differences, settings: dict[str, Any]) -> tuple:
     return (str(settings.get("objective")), differences.order(settings))
 
 
+def _follows(key: str, eps: str, groups: Sequence[Group]) -> bool:
+    """Whether ``key`` is a function of ε within each objective (one value per ε), and changes
+    with it somewhere: e.g. a step size written as a fraction of ε. A key that takes two values
+    at one ε is a difference of its own."""
+    seen: dict[tuple[str, Any], Any] = {}
+    for g in groups:
+        value = g.settings.get(key)
+        if seen.setdefault((str(g.settings.get("objective")), g.settings[eps]), value) != value:
+            return False
+    by_objective: dict[str, set[str]] = {}
+    for (objective, _), value in seen.items():
+        by_objective.setdefault(objective, set()).add(repr(value))
+    return any(len(values) > 1 for values in by_objective.values())
+
+
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -162,10 +177,15 @@ def _accuracy_vs_eps(groups: Sequence[Group], out: Path, checkpoint: str) -> Fig
     notes = [f"left out (threat.eps is not a number): {', '.join(left)}"] if left else []
     if len({g.settings[eps] for g in drawn}) < 2:
         return Figure(name, skipped="the runs have fewer than two values of threat.eps")
-    # a line per group of experiments that differ only in ε (settings equal to ε everywhere, like
-    # the evaluated ε, go with it)
-    same = [k for k in dict.fromkeys(k for g in drawn for k in g.settings)
-            if k != eps and all(g.settings.get(k) == g.settings[eps] for g in drawn)]
+    # a line per group of experiments that differ only in ε: settings equal to ε everywhere (the
+    # evaluated ε) go with it, and so do settings that follow it (step_size = eps / 4 resolves to
+    # one number per ε)
+    keys = [k for k in dict.fromkeys(k for g in drawn for k in g.settings) if k != eps]
+    same = [k for k in keys if all(g.settings.get(k) == g.settings[eps] for g in drawn)]
+    follows = [k for k in keys if k not in same and _follows(k, eps, drawn)]
+    if follows:
+        notes.append(f"within each line, {', '.join(follows)} follow{'s' if len(follows) == 1 else ''} ε")
+    same += follows
     lines: dict[str, tuple[dict[str, Any], list[Group]]] = {}
     for g in drawn:
         identity = {k: v for k, v in g.settings.items() if k != eps and k not in same}
@@ -197,7 +217,8 @@ def _accuracy_vs_eps(groups: Sequence[Group], out: Path, checkpoint: str) -> Fig
         ax.set_xlabel("threat.eps (training ε)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"test accuracy vs ε, {checkpoint} checkpoint, {evaluated}; mean ± std over seeds",
+    along = f"; {', '.join(follows)} follow{'s' if len(follows) == 1 else ''} ε" if follows else ""
+    fig.suptitle(f"test accuracy vs ε, {checkpoint} checkpoint, {evaluated}; mean ± std over seeds{along}",
                  fontsize="medium")
     figure = _save(fig, axes[0], out, name)
     figure.notes, figure.data = notes, data

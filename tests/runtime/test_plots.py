@@ -184,3 +184,30 @@ def test_the_command_line_prints_the_files_written(sweep, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"wrote {tmp_path / 'figs' / name}.{ext}" for name in FIGURES
                                         for ext in ("png", "svg")]
+
+
+def test_a_setting_that_follows_eps_stays_on_its_line_and_one_that_does_not_splits_it(tmp_path):
+    """step_size = eps / 4 resolves to one number per ε: still one line per objective. Two step
+    sizes at the same ε are two experiments: two lines."""
+    def with_step(run: Path, step: float) -> None:
+        record = json.loads((run / "run.json").read_text())
+        record["experiment"]["attack.step_size"] = step
+        record["experiment_id"] = digest(record["experiment"])[:16]
+        (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+
+    follows = tmp_path / "follows"
+    for eps in EPS:
+        for seed in (0, 1):
+            with_step(write_run(follows, "madry", eps, seed), eps / 4)
+    figure = plot_runs([follows], tmp_path / "f1")["accuracy_vs_eps"]
+    assert figure.legend == ["madry"]
+    assert figure.notes == ["within each line, attack.step_size follows ε"]
+    assert [x for x, _, _ in figure.data["Natural"]["madry"]] == list(EPS)
+
+    split = tmp_path / "split"
+    for eps in EPS:
+        for seed, step in ((0, 0.01), (1, 0.02)):
+            with_step(write_run(split, "madry", eps, seed), step)
+    figure = plot_runs([split], tmp_path / "f2")["accuracy_vs_eps"]
+    assert sorted(figure.legend) == ["madry (step_size=0.01)", "madry (step_size=0.02)"]
+    assert figure.notes == []
