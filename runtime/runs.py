@@ -24,8 +24,8 @@ def run_loggers() -> str | None:
     return "tensorboard" if found else None
 
 
-#: the run's plots are redrawn at most this often while it trains, and always after its last
-#: epoch: on a quick run, drawing three figures every epoch would cost more than the epochs
+#: the run's plots are redrawn at most this often while it trains, and once more when training
+#: ends (before the evaluation, or at ``close``): on a quick run, drawing three figures every epoch would cost more than the epochs
 PLOT_EVERY_S = 30.0
 
 
@@ -37,6 +37,7 @@ class TrackedRun(RunFolder):
         self.lock = None
         self.timed: list[float] = []  # seconds of the epochs this process trained
         self.plotted = time.monotonic()  # when the plots were last drawn
+        self.plotted_epochs = 0  # how many epochs of the history they show
 
     # start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -79,12 +80,11 @@ class TrackedRun(RunFolder):
     def log(self, record: dict, improved: bool) -> None:
         super().log(record, improved)
         if self.main:
-            from advc.runtime.report import write_metrics_csv, write_plots
+            from advc.runtime.report import write_metrics_csv
 
             write_metrics_csv(self.dir, self.history)
-            if record["epoch"] >= self.epochs - 1 or time.monotonic() - self.plotted >= PLOT_EVERY_S:
-                write_plots(self.dir, self.history)
-                self.plotted = time.monotonic()
+            if time.monotonic() - self.plotted >= PLOT_EVERY_S:
+                self._plot()
         if self.accelerator.log_with:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.accelerator.log(numbers, step=record["epoch"])
@@ -118,6 +118,7 @@ class TrackedRun(RunFolder):
         from advc.runtime.sanity import sanity_checks
 
         self._stop_bar()
+        self._plot_pending()  # training is over: the curves before the (long) evaluation
         if self.args.no_eval:
             return None
         attacks = check_attacks(evaluate, "EVALUATE")
@@ -167,8 +168,19 @@ class TrackedRun(RunFolder):
             self.bar.stop()
             self.bar = None
 
+    def _plot(self) -> None:
+        from advc.runtime.report import write_plots
+
+        write_plots(self.dir, self.history)
+        self.plotted, self.plotted_epochs = time.monotonic(), len(self.history)
+
+    def _plot_pending(self) -> None:
+        if self.main and len(self.history) > self.plotted_epochs:  # the epochs since the last drawing
+            self._plot()
+
     def close(self) -> None:
         self._stop_bar()
+        self._plot_pending()
         if self.accelerator.log_with:
             self.accelerator.end_training()  # last: it tears the process group down
         else:
